@@ -1,0 +1,159 @@
+/* nbdsnap: the snapshot engine's API (src/, no nbdkit dependency).
+ *
+ * An engine owns one state directory and the origin (the base image) it
+ * belongs to.  It serves origin writes through copy-on-write and reads of
+ * every snapshot, and creates and deletes snapshots.  The plugin and the
+ * Check suites are its only callers.
+ *
+ * Conventions: functions return 0 (or a pointer) on success and -1 (or NULL)
+ * on error, with errno set to something an NBD client understands (EIO,
+ * ENOSPC, EINVAL, EEXIST, ENOENT, EBUSY, EROFS) and one message reported
+ * through nbdsnap_error () (see nbdsnap/err.h) where the cause is known.
+ *
+ * Lock order for the whole program (outermost first; see each lock's
+ * comment where it is defined):
+ *
+ *   plugin: snapshot gate (plugin/registry.c, per snapshot, rwlock)
+ *   plugin: registry lock (plugin/registry.c, mutex)
+ *     engine->chain_lock   (src/engine.c, rwlock: the list of snapshots;
+ *                           origin writes and snapshot reads hold it shared,
+ *                           create/delete hold it exclusive: this is how
+ *                           in-flight origin writes drain at create)
+ *       chunk lock stripe  (src/engine.c, rwlock per stripe of chunks:
+ *                           held exclusive while a chunk is being copied,
+ *                           shared while a snapshot reads it from the origin)
+ *         snap->meta_lock  (src/snap.c, mutex: state and counters in the
+ *                           metadata file)
+ *         group commit     (src/gcommit.c, mutex + condvar per sync target)
+ *
+ * No lock is taken while holding a lock below it in this list.
+ */
+
+#ifndef NBDSNAP_ENGINE_H
+#define NBDSNAP_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+#include <sys/types.h>
+
+#define NBDSNAP_NAME_MAX 64               /* [A-Za-z0-9][A-Za-z0-9._-]{0,63} */
+#define NBDSNAP_CHUNK_MIN 4096u
+#define NBDSNAP_CHUNK_MAX (1024u * 1024u)
+#define NBDSNAP_CHUNK_DEFAULT (64u * 1024u)
+
+enum nbdsnap_durability {
+  NBDSNAP_DURABILITY_POWER = 0,     /* data + bitmap synced before overwrite */
+  NBDSNAP_DURABILITY_PROCESS = 1,   /* no syncs on the copy path */
+};
+
+enum nbdsnap_state {
+  NBDSNAP_STATE_LIVE = 0,
+  NBDSNAP_STATE_DELETING = 1,       /* being deleted: hidden, never read */
+  NBDSNAP_STATE_INVALID = 2,        /* lost a chunk: reads fail with EIO */
+};
+
+struct nbdsnap_engine;
+struct nbdsnap_snap;
+
+struct nbdsnap_origin;                 /* include/nbdsnap/origin.h */
+
+struct nbdsnap_engine_config {
+  struct nbdsnap_origin *origin;    /* opened by the caller, who closes it
+                                       after nbdsnap_engine_close () */
+  const char *statedir;             /* created if missing */
+  uint32_t chunk_size;              /* 0 = the directory's, or the default
+                                       for a new directory */
+  enum nbdsnap_durability durability;
+  uint64_t max_store;               /* default per-snapshot limit in bytes,
+                                       0 = none */
+};
+
+/* What info / list show about one snapshot. */
+struct nbdsnap_snap_info {
+  uint64_t id;
+  char name[NBDSNAP_NAME_MAX + 1];
+  struct timespec created;          /* UTC */
+  enum nbdsnap_state state;
+  bool temporary;
+  uint64_t chunks_candidate;        /* chunks that held data at creation */
+  uint64_t chunks_copied;           /* chunks copied into this store */
+  uint64_t store_bytes;             /* bytes allocated by the store file */
+  uint64_t max_store;               /* 0 = none */
+  uint64_t cow_count;               /* copy-on-writes done since open */
+  uint64_t sync_ns;                 /* time spent syncing since open */
+};
+
+/* Open or create the state directory, take its lock, check its header
+ * against the image and load every snapshot (finishing half-done creates
+ * and deletes).  Errors: "state directory in use" (EBUSY), a header
+ * mismatch saying what differs (EINVAL), I/O errors.
+ */
+extern struct nbdsnap_engine *
+nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg);
+extern void nbdsnap_engine_close (struct nbdsnap_engine *e);
+
+extern uint32_t nbdsnap_engine_chunk_size (const struct nbdsnap_engine *e);
+extern uint64_t nbdsnap_engine_size (const struct nbdsnap_engine *e);
+
+/* Origin data path.  Every call that changes the origin copies the old
+ * chunks first.  fua: make the write durable before returning.
+ * nbdsnap_origin_zero: may_trim lets it punch holes.
+ */
+extern int nbdsnap_origin_pwrite (struct nbdsnap_engine *e, const void *buf,
+                                  uint32_t count, uint64_t offset, bool fua);
+extern int nbdsnap_origin_zero (struct nbdsnap_engine *e, uint32_t count,
+                                uint64_t offset, bool may_trim, bool fua);
+extern int nbdsnap_origin_trim (struct nbdsnap_engine *e, uint32_t count,
+                                uint64_t offset, bool fua);
+/* Flush stores and bitmaps, then the origin. */
+extern int nbdsnap_engine_flush (struct nbdsnap_engine *e);
+
+/* Validate a snapshot name: 0 if good, else -1 with errno EINVAL and a
+ * message saying why. */
+extern int nbdsnap_name_valid (const char *name);
+
+/* Snapshots.  Pointers stay valid until the snapshot is deleted. */
+extern struct nbdsnap_snap *nbdsnap_snap_create (struct nbdsnap_engine *e,
+                                                 const char *name,
+                                                 bool temporary);
+extern struct nbdsnap_snap *nbdsnap_snap_lookup (struct nbdsnap_engine *e,
+                                                 const char *name);
+/* Deletes the snapshot, moving chunks the next older one needs into it
+ * first.  The caller guarantees nobody reads it any more. */
+extern int nbdsnap_snap_delete (struct nbdsnap_engine *e,
+                                struct nbdsnap_snap *s);
+/* Every snapshot, oldest first; returns the count (or -1); *out is
+ * malloc'd and the caller frees it. */
+extern ssize_t nbdsnap_snap_list (struct nbdsnap_engine *e,
+                                  struct nbdsnap_snap_info **out);
+extern int nbdsnap_snap_info (struct nbdsnap_engine *e,
+                              struct nbdsnap_snap *s,
+                              struct nbdsnap_snap_info *info);
+
+/* Snapshot data path.  Reads fail with EIO if the snapshot is invalid. */
+extern int nbdsnap_snap_pread (struct nbdsnap_engine *e,
+                               struct nbdsnap_snap *s, void *buf,
+                               uint32_t count, uint64_t offset);
+
+/* Extents: calls fn for consecutive ranges covering [offset, offset+count)
+ * (or less if fn returns non-zero); hole = reads as zeros. */
+typedef int (*nbdsnap_extent_fn) (void *opaque, uint64_t offset,
+                                  uint64_t length, bool hole);
+extern int nbdsnap_snap_extents (struct nbdsnap_engine *e,
+                                 struct nbdsnap_snap *s, uint64_t offset,
+                                 uint64_t count, nbdsnap_extent_fn fn,
+                                 void *opaque);
+
+/* The origin extents changed since s was taken (union of copied bits from
+ * s to the newest snapshot), merged into maximal ranges, in order. */
+extern int nbdsnap_snap_changes (struct nbdsnap_engine *e,
+                                 struct nbdsnap_snap *s,
+                                 nbdsnap_extent_fn fn, void *opaque);
+
+/* Test hook: when set, a store write fails with this errno (0 = off). */
+extern void nbdsnap_engine_inject_store_error (struct nbdsnap_engine *e,
+                                               int err);
+
+#endif /* NBDSNAP_ENGINE_H */
