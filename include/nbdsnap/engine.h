@@ -13,8 +13,10 @@
  * Lock order for the whole program (outermost first; see each lock's
  * comment where it is defined):
  *
- *   plugin: snapshot gate (plugin/registry.c, per snapshot, rwlock)
- *   plugin: registry lock (plugin/registry.c, mutex)
+ *   plugin: registry_lock (plugin/registry.h, mutex: entries, connections,
+ *           admin ownership)
+ *     plugin: entry->gate (plugin/registry.h, per snapshot, rwlock: data
+ *             callbacks shared, force-delete exclusive)
  *     engine->chain_lock   (src/engine.c, rwlock: the list of snapshots;
  *                           origin writes and snapshot reads hold it shared,
  *                           create/delete hold it exclusive: this is how
@@ -99,13 +101,15 @@ extern uint64_t nbdsnap_engine_size (const struct nbdsnap_engine *e);
 
 /* Origin data path.  Every call that changes the origin copies the old
  * chunks first.  fua: make the write durable before returning.
- * nbdsnap_origin_zero: may_trim lets it punch holes.
+ * nbdsnap_engine_zero: may_trim lets it punch holes; fast: see
+ * nbdsnap_origin_zero ().
  */
-extern int nbdsnap_origin_pwrite (struct nbdsnap_engine *e, const void *buf,
+extern int nbdsnap_engine_pwrite (struct nbdsnap_engine *e, const void *buf,
                                   uint32_t count, uint64_t offset, bool fua);
-extern int nbdsnap_origin_zero (struct nbdsnap_engine *e, uint32_t count,
-                                uint64_t offset, bool may_trim, bool fua);
-extern int nbdsnap_origin_trim (struct nbdsnap_engine *e, uint32_t count,
+extern int nbdsnap_engine_zero (struct nbdsnap_engine *e, uint32_t count,
+                                uint64_t offset, bool may_trim, bool fua,
+                                bool fast);
+extern int nbdsnap_engine_trim (struct nbdsnap_engine *e, uint32_t count,
                                 uint64_t offset, bool fua);
 /* Flush stores and bitmaps, then the origin. */
 extern int nbdsnap_engine_flush (struct nbdsnap_engine *e);
@@ -124,6 +128,10 @@ extern struct nbdsnap_snap *nbdsnap_snap_lookup (struct nbdsnap_engine *e,
  * first.  The caller guarantees nobody reads it any more. */
 extern int nbdsnap_snap_delete (struct nbdsnap_engine *e,
                                 struct nbdsnap_snap *s);
+/* Mark a snapshot temporary on disk: the next open deletes it (a deferred
+ * delete that the server did not live to finish). */
+extern int nbdsnap_snap_mark_temporary (struct nbdsnap_engine *e,
+                                        struct nbdsnap_snap *s);
 /* Every snapshot, oldest first; returns the count (or -1); *out is
  * malloc'd and the caller frees it. */
 extern ssize_t nbdsnap_snap_list (struct nbdsnap_engine *e,
@@ -137,8 +145,10 @@ extern int nbdsnap_snap_pread (struct nbdsnap_engine *e,
                                struct nbdsnap_snap *s, void *buf,
                                uint32_t count, uint64_t offset);
 
-/* Extents: calls fn for consecutive ranges covering [offset, offset+count)
- * (or less if fn returns non-zero); hole = reads as zeros. */
+/* Extents: calls fn for consecutive ranges covering [offset, offset+count);
+ * hole = reads as zeros.  fn returns 0 to go on, > 0 to stop (the call
+ * then returns 0), < 0 for an error it has reported (the call returns -1).
+ */
 typedef int (*nbdsnap_extent_fn) (void *opaque, uint64_t offset,
                                   uint64_t length, bool hole);
 extern int nbdsnap_snap_extents (struct nbdsnap_engine *e,

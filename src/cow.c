@@ -1,0 +1,524 @@
+/* nbdsnap: the data path — copy-on-write of origin writes, snapshot reads,
+ * extents, changes, flush and the chunk moves of delete.
+ *
+ * Notes on the design
+ *
+ * The chain runs oldest to newest.  For every snapshot S and chunk c:
+ *
+ *   candidate(S, c)  c held data when S was taken;
+ *   copied(S, c)     S's store holds c as it was when S was taken (for a
+ *                    non-candidate chunk that is zeros: the store is a hole
+ *                    there and nothing was written).
+ *
+ * Write rule (origin write, zero or trim of chunk c), before the origin is
+ * touched: walk from the newest snapshot X towards older ones:
+ *   copied(X, c)      stop: the content is preserved for X and for every
+ *                     older snapshot that needs it;
+ *   X invalid         it takes no more copies: go on to the next older;
+ *   !candidate(X, c)  mark copied(X, c) (nothing to copy: it read as zeros
+ *                     and so it still does) and stop;
+ *   else              copy c into X's store, then set copied(X, c); stop,
+ *                     or, if the copy fails, mark X invalid and go on.
+ * While the newest snapshot is valid this touches one snapshot only, so a
+ * write costs the same with 1 or 64 snapshots, and a chunk is copied at
+ * most once.  The first test (copied(newest, c)) is a lock-free atomic load:
+ * the steady-state write takes no lock but the shared chain lock.
+ *
+ * Why the older snapshots are right: if candidate(S, c) and the origin's c
+ * changed after S was taken, the first such change happened while some
+ * snapshot X >= S was the newest valid one and copied c into X.  So a read
+ * of S takes c from the first snapshot in S, S+1, ..., newest that copied
+ * it, else from the origin; a non-candidate chunk reads as zeros.
+ *
+ * Durability (power mode): the store data is synced, then the copied bit
+ * is set and the bitmap synced, and only then is the origin written; each
+ * sync is a group commit (gcommit.h) shared by concurrent writers.  In
+ * process mode nothing is synced on this path (a FUA write still syncs
+ * what it copied).  Ordering in memory is what kill -9 needs: the bit is
+ * set after the store pwrite returned, the origin written after the bit.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "nbdsnap/err.h"
+#include "nbdsnap/io.h"
+#include "engine-internal.h"
+
+static pthread_rwlock_t *
+stripe (struct nbdsnap_engine *e, uint64_t c)
+{
+  return &e->stripes[c % CHUNK_STRIPES];
+}
+
+static uint32_t
+chunk_len (struct nbdsnap_engine *e, uint64_t c)
+{
+  uint64_t start = c << e->chunk_shift;
+  uint64_t left = e->size - start;
+
+  return left < e->chunk_size ? (uint32_t) left : e->chunk_size;
+}
+
+static bool
+all_zero (const char *buf, size_t len)
+{
+  return len == 0 || (buf[0] == 0 && memcmp (buf, buf + 1, len - 1) == 0);
+}
+
+static int
+sync_store (void *opaque)
+{
+  struct nbdsnap_snap *s = opaque;
+  return fdatasync (s->store_fd);
+}
+
+static int
+sync_bitmap (void *opaque)
+{
+  struct nbdsnap_snap *s = opaque;
+  return bitmap_sync (&s->bm);
+}
+
+/* Mark a snapshot invalid after a failed copy; the caller goes on. */
+static void
+invalidate (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+            const char *why, int err)
+{
+  if (snap_state (s) == NBDSNAP_STATE_INVALID)
+    return;
+  errno = err;
+  nbdsnap_error ("snapshot %s is now invalid: %s: %m", s->name, why);
+  snap_set_state (&e->sd, s, NBDSNAP_STATE_INVALID);
+}
+
+/* Set copied(X, c), durably in power mode. */
+static int
+mark_copied (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c)
+{
+  bitmap_set (x->bm.copied, c);
+  __atomic_store_n (&x->dirty, 1, __ATOMIC_RELEASE);
+  if (e->durability == NBDSNAP_DURABILITY_POWER
+      && gcommit_sync (&x->bitmap_gc, sync_bitmap, x) == -1)
+    return -1;
+  return 0;
+}
+
+/* Copy chunk c from the origin into X's store.  Returns 0, -1 if the copy
+ * into X failed (X is now invalid), -2 if the origin could not be read
+ * (the write must fail). */
+static int
+copy_chunk (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c,
+            char *buf)
+{
+  uint32_t len = chunk_len (e, c);
+  uint64_t off = c << e->chunk_shift;
+  int err;
+
+  if (x->max_store != 0
+      && (__atomic_load_n (&x->chunks_copied, __ATOMIC_RELAXED) + 1)
+         * (uint64_t) e->chunk_size > x->max_store) {
+    invalidate (e, x, "max-store reached", ENOSPC);
+    return -1;
+  }
+  if (io_pread_full (e->origin->fd, buf, len, off) == -1) {
+    nbdsnap_error ("copy-on-write: read %s at %" PRIu64 ": %m",
+                   e->origin->path, off);
+    return -2;
+  }
+  if (!all_zero (buf, len)) {
+    err = __atomic_load_n (&e->inject_errno, __ATOMIC_RELAXED);
+    if (err != 0) {
+      invalidate (e, x, "store write (injected)", err);
+      return -1;
+    }
+    if (io_pwrite_full (x->store_fd, buf, len, off) == -1) {
+      invalidate (e, x, "store write", errno);
+      return -1;
+    }
+    __atomic_store_n (&x->dirty, 1, __ATOMIC_RELEASE);
+    if (e->durability == NBDSNAP_DURABILITY_POWER
+        && gcommit_sync (&x->store_gc, sync_store, x) == -1) {
+      invalidate (e, x, "store fdatasync", errno);
+      return -1;
+    }
+  }
+  /* An all-zero chunk needs no data: the store is a hole there. */
+  if (mark_copied (e, x, c) == -1) {
+    invalidate (e, x, "bitmap msync", errno);
+    return -1;
+  }
+  __atomic_fetch_add (&x->chunks_copied, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add (&x->cow_count, 1, __ATOMIC_RELAXED);
+  return 0;
+}
+
+/* Preserve chunk c for every snapshot before it is overwritten.
+ * Caller holds chain_lock shared.  *copied is set if a copy was made. */
+static int
+cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
+{
+  struct nbdsnap_snap *x = e->newest;
+  int r = 0;
+
+  if (x == NULL || bitmap_test (x->bm.copied, c))
+    return 0;                   /* the fast path, lock-free */
+
+  pthread_rwlock_wrlock (stripe (e, c));
+  for (; x != NULL; x = x->older) {
+    if (bitmap_test (x->bm.copied, c))
+      break;
+    if (snap_state (x) == NBDSNAP_STATE_INVALID)
+      continue;
+    if (!bitmap_test (x->bm.candidate, c)) {
+      if (mark_copied (e, x, c) == -1)
+        invalidate (e, x, "bitmap msync", errno);
+      break;
+    }
+    if (*buf == NULL) {
+      *buf = malloc (e->chunk_size);
+      if (*buf == NULL) {
+        nbdsnap_error ("malloc: %m");
+        r = -1;
+        break;
+      }
+    }
+    r = copy_chunk (e, x, c, *buf);
+    if (r == 0) {
+      *copied = true;
+      break;
+    }
+    if (r == -2) {
+      errno = EIO;
+      r = -1;
+      break;
+    }
+    r = 0;                      /* x is invalid now: try the next older */
+  }
+  pthread_rwlock_unlock (stripe (e, c));
+  return r;
+}
+
+/* Copy-on-write for [offset, offset+count); chain_lock held shared. */
+static int
+cow_range (struct nbdsnap_engine *e, uint32_t count, uint64_t offset,
+           bool fua)
+{
+  uint64_t c, first, last;
+  char *buf = NULL;
+  bool copied = false;
+  int r = 0;
+
+  if (count == 0 || e->newest == NULL)
+    return 0;
+  first = offset >> e->chunk_shift;
+  last = (offset + count - 1) >> e->chunk_shift;
+  for (c = first; c <= last && r == 0; ++c)
+    r = cow_chunk (e, c, &buf, &copied);
+  free (buf);
+
+  /* A FUA write in process mode must not become durable before what it
+   * displaced. */
+  if (r == 0 && fua && copied
+      && e->durability == NBDSNAP_DURABILITY_PROCESS)
+    r = cow_sync_snap (e, e->newest);
+  return r;
+}
+
+static int
+check_range (struct nbdsnap_engine *e, uint64_t count, uint64_t offset)
+{
+  if (offset > e->size || count > e->size - offset) {
+    errno = EINVAL;
+    nbdsnap_error ("request at %" PRIu64 "+%" PRIu64 " is past the end of "
+                   "the image (%" PRIu64 " bytes)", offset, count, e->size);
+    return -1;
+  }
+  return 0;
+}
+
+int
+nbdsnap_engine_pwrite (struct nbdsnap_engine *e, const void *buf,
+                       uint32_t count, uint64_t offset, bool fua)
+{
+  int r;
+
+  if (check_range (e, count, offset) == -1)
+    return -1;
+  pthread_rwlock_rdlock (&e->chain_lock);
+  r = cow_range (e, count, offset, fua);
+  if (r == 0)
+    r = nbdsnap_origin_pwrite (e->origin, buf, count, offset, fua);
+  pthread_rwlock_unlock (&e->chain_lock);
+  return r;
+}
+
+int
+nbdsnap_engine_zero (struct nbdsnap_engine *e, uint32_t count,
+                     uint64_t offset, bool may_trim, bool fua, bool fast)
+{
+  int r;
+
+  if (check_range (e, count, offset) == -1)
+    return -1;
+  pthread_rwlock_rdlock (&e->chain_lock);
+  r = cow_range (e, count, offset, fua);
+  if (r == 0)
+    r = nbdsnap_origin_zero (e->origin, count, offset, may_trim, fua, fast);
+  pthread_rwlock_unlock (&e->chain_lock);
+  return r;
+}
+
+int
+nbdsnap_engine_trim (struct nbdsnap_engine *e, uint32_t count,
+                     uint64_t offset, bool fua)
+{
+  int r;
+
+  if (check_range (e, count, offset) == -1)
+    return -1;
+  pthread_rwlock_rdlock (&e->chain_lock);
+  r = cow_range (e, count, offset, fua);
+  if (r == 0)
+    r = nbdsnap_origin_trim (e->origin, count, offset, fua);
+  pthread_rwlock_unlock (&e->chain_lock);
+  return r;
+}
+
+/* Sync one snapshot's store and bitmap if it has unsynced copies. */
+int
+cow_sync_snap (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  if (!__atomic_exchange_n (&s->dirty, 0, __ATOMIC_ACQ_REL))
+    return 0;
+  if (gcommit_sync (&s->store_gc, sync_store, s) == -1
+      || gcommit_sync (&s->bitmap_gc, sync_bitmap, s) == -1) {
+    __atomic_store_n (&s->dirty, 1, __ATOMIC_RELEASE);
+    nbdsnap_error ("flush snapshot %s: %m", s->name);
+    return -1;
+  }
+  return 0;
+}
+
+int
+nbdsnap_engine_flush (struct nbdsnap_engine *e)
+{
+  struct nbdsnap_snap *s;
+  int r = 0;
+
+  pthread_rwlock_rdlock (&e->chain_lock);
+  for (s = e->newest; s != NULL && r == 0; s = s->older)
+    r = cow_sync_snap (e, s);
+  pthread_rwlock_unlock (&e->chain_lock);
+  if (r == 0)
+    r = nbdsnap_origin_flush (e->origin);
+  return r;
+}
+
+/* The snapshot at or newer than s that holds chunk c, or NULL. */
+static struct nbdsnap_snap *
+find_copy (struct nbdsnap_snap *s, uint64_t c)
+{
+  for (; s != NULL; s = s->newer)
+    if (bitmap_test (s->bm.copied, c))
+      return s;
+  return NULL;
+}
+
+static int
+read_piece (struct nbdsnap_engine *e, struct nbdsnap_snap *s, char *buf,
+            uint32_t len, uint64_t off, uint64_t c)
+{
+  struct nbdsnap_snap *x;
+  int r;
+
+  if (!bitmap_test (s->bm.candidate, c)) {
+    memset (buf, 0, len);
+    return 0;
+  }
+  x = find_copy (s, c);
+  if (x != NULL)
+    r = io_pread_full (x->store_fd, buf, len, off);
+  else {
+    /* Not preserved anywhere: the origin still holds it.  The stripe
+     * keeps a copy-on-write of c from overwriting it under us. */
+    pthread_rwlock_rdlock (stripe (e, c));
+    x = find_copy (s, c);
+    if (x != NULL)
+      r = io_pread_full (x->store_fd, buf, len, off);
+    else
+      r = io_pread_full (e->origin->fd, buf, len, off);
+    pthread_rwlock_unlock (stripe (e, c));
+  }
+  if (r == -1) {
+    nbdsnap_error ("snapshot %s: read at %" PRIu64 ": %m", s->name, off);
+    errno = EIO;
+  }
+  return r;
+}
+
+int
+nbdsnap_snap_pread (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+                    void *vbuf, uint32_t count, uint64_t offset)
+{
+  char *buf = vbuf;
+  int r = 0;
+
+  if (check_range (e, count, offset) == -1)
+    return -1;
+  pthread_rwlock_rdlock (&e->chain_lock);
+  if (snap_state (s) != NBDSNAP_STATE_LIVE) {
+    errno = EIO;
+    nbdsnap_error ("snapshot %s is %s: it cannot be read", s->name,
+                   snap_state_name (snap_state (s)));
+    r = -1;
+  }
+  while (r == 0 && count > 0) {
+    uint64_t c = offset >> e->chunk_shift;
+    uint64_t end = (c + 1) << e->chunk_shift;
+    uint32_t len = end - offset < count ? end - offset : count;
+
+    r = read_piece (e, s, buf, len, offset, c);
+    buf += len;
+    offset += len;
+    count -= len;
+  }
+  pthread_rwlock_unlock (&e->chain_lock);
+  return r;
+}
+
+int
+nbdsnap_snap_extents (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+                      uint64_t offset, uint64_t count, nbdsnap_extent_fn fn,
+                      void *opaque)
+{
+  uint64_t end, c, start;
+  bool hole;
+  int r = 0;
+
+  if (check_range (e, count, offset) == -1)
+    return -1;
+  end = offset + count;
+  pthread_rwlock_rdlock (&e->chain_lock);
+  while (offset < end && r == 0) {
+    c = offset >> e->chunk_shift;
+    hole = !bitmap_test (s->bm.candidate, c);
+    start = offset;
+    do {
+      ++c;
+      offset = c << e->chunk_shift;
+    } while (offset < end && !bitmap_test (s->bm.candidate, c) == hole);
+    if (offset > end)
+      offset = end;
+    r = fn (opaque, start, offset - start, hole);
+  }
+  pthread_rwlock_unlock (&e->chain_lock);
+  return r < 0 ? -1 : 0;
+}
+
+int
+nbdsnap_snap_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+                      nbdsnap_extent_fn fn, void *opaque)
+{
+  struct nbdsnap_snap *x;
+  uint64_t w, run_start = 0, c;
+  bool in_run = false;
+  int r = 0;
+
+  pthread_rwlock_rdlock (&e->chain_lock);
+  if (snap_state (s) != NBDSNAP_STATE_LIVE) {
+    errno = EIO;
+    nbdsnap_error ("snapshot %s is %s: its changes are unknown", s->name,
+                   snap_state_name (snap_state (s)));
+    pthread_rwlock_unlock (&e->chain_lock);
+    return -1;
+  }
+  for (w = 0; w < s->bm.nwords && r == 0; ++w) {
+    uint64_t bits = 0;
+    for (x = s; x != NULL; x = x->newer)
+      bits |= __atomic_load_n (&x->bm.copied[w], __ATOMIC_ACQUIRE);
+    for (c = w * 64; c < w * 64 + 64 && c < e->nchunks && r == 0; ++c) {
+      bool set = (bits >> (c & 63)) & 1;
+      if (set && !in_run) {
+        run_start = c;
+        in_run = true;
+      }
+      else if (!set && in_run) {
+        in_run = false;
+        r = fn (opaque, run_start << e->chunk_shift,
+                (c - run_start) << e->chunk_shift, false);
+      }
+    }
+  }
+  if (in_run && r == 0)
+    r = fn (opaque, run_start << e->chunk_shift,
+        e->size - (run_start << e->chunk_shift), false);
+  pthread_rwlock_unlock (&e->chain_lock);
+  return r < 0 ? -1 : 0;
+}
+
+/* Delete's move: every chunk that `to` (the next older snapshot) reads
+ * through `from` is copied into `to` (copy_file_range, so the kernel may
+ * share or clone blocks).  chain_lock held exclusive. */
+int
+cow_move_chunks (struct nbdsnap_engine *e, struct nbdsnap_snap *from,
+                 struct nbdsnap_snap *to)
+{
+  uint64_t w, c;
+  bool moved = false;
+
+  for (w = 0; w < from->bm.nwords; ++w) {
+    uint64_t need = from->bm.copied[w] & ~to->bm.copied[w];
+    while (need != 0) {
+      c = w * 64 + __builtin_ctzll (need);
+      need &= need - 1;
+      if (bitmap_test (to->bm.candidate, c)) {
+        uint64_t off = c << e->chunk_shift;
+        loff_t in = off, out = off;
+        size_t left = chunk_len (e, c);
+        while (left > 0) {
+          ssize_t n = copy_file_range (from->store_fd, &in, to->store_fd,
+                                       &out, left, 0);
+          if (n <= 0) {
+            char *buf;
+            if (n == 0 || (errno != EXDEV && errno != EINVAL
+                           && errno != ENOSYS && errno != EOPNOTSUPP))
+              goto err;
+            /* No copy_file_range here: copy by hand. */
+            buf = malloc (left);
+            if (buf == NULL)
+              goto err;
+            if (io_pread_full (from->store_fd, buf, left, in) == -1
+                || io_pwrite_full (to->store_fd, buf, left, out) == -1) {
+              free (buf);
+              goto err;
+            }
+            free (buf);
+            break;
+          }
+          left -= n;
+        }
+        __atomic_fetch_add (&to->chunks_copied, 1, __ATOMIC_RELAXED);
+      }
+      bitmap_set (to->bm.copied, c);
+      moved = true;
+    }
+  }
+  if (moved) {
+    __atomic_store_n (&to->dirty, 1, __ATOMIC_RELEASE);
+    /* Delete is rare: make the move durable in both modes before the
+     * deleted snapshot's files go. */
+    if (fdatasync (to->store_fd) == -1 || bitmap_sync (&to->bm) == -1)
+      goto err;
+  }
+  return 0;
+
+ err:
+  nbdsnap_error ("delete %s: moving chunks into %s: %m", from->name,
+                 to->name);
+  return -1;
+}

@@ -1,0 +1,56 @@
+/* nbdsnap: the engine's private state, shared by engine.c (open, create,
+ * delete, list) and cow.c (the data path).
+ *
+ * Notes on the design: see include/nbdsnap/engine.h for the lock order and
+ * cow.c for the copy-on-write and read rules.
+ */
+#ifndef NBDSNAP_ENGINE_INTERNAL_H
+#define NBDSNAP_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "nbdsnap/engine.h"
+#include "nbdsnap/origin.h"
+#include "snap.h"
+#include "statedir.h"
+
+#define CHUNK_STRIPES 256
+
+struct nbdsnap_engine {
+  struct nbdsnap_origin *origin;
+  struct statedir sd;
+  uint32_t chunk_size;
+  unsigned chunk_shift;
+  uint64_t size;
+  uint64_t nchunks;
+  enum nbdsnap_durability durability;
+  uint64_t max_store;
+
+  /* chain_lock protects the chain (oldest/newest and every snap's
+   * older/newer links, the set of snapshots, next_id).  Origin writes and
+   * snapshot reads hold it shared for the whole request; create and delete
+   * hold it exclusive, which drains in-flight writes and reads.  Writer
+   * preferring, so creates are not starved; never taken recursively. */
+  pthread_rwlock_t chain_lock;
+  struct nbdsnap_snap *oldest, *newest;
+  size_t nsnaps;
+  uint64_t next_id;
+
+  /* Chunk lock stripes: chunk c uses stripes[c % CHUNK_STRIPES].  Held
+   * exclusive by a writer while it copies the chunk into a store and sets
+   * its copied bit; held shared by a snapshot reader while it reads the
+   * chunk from the origin.  So a reader never sees the origin half
+   * overwritten, and writers of one chunk copy it once. */
+  pthread_rwlock_t stripes[CHUNK_STRIPES];
+
+  int inject_errno;             /* atomic; test hook */
+};
+
+/* cow.c */
+extern int cow_move_chunks (struct nbdsnap_engine *e,
+                            struct nbdsnap_snap *from,
+                            struct nbdsnap_snap *to);
+extern int cow_sync_snap (struct nbdsnap_engine *e, struct nbdsnap_snap *s);
+
+#endif /* NBDSNAP_ENGINE_INTERNAL_H */

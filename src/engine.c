@@ -1,0 +1,538 @@
+/* nbdsnap: the engine — open and recovery, create, delete, list.
+ *
+ * Notes on the design
+ *
+ * The engine keeps the snapshots of one state directory in a chain, oldest
+ * to newest (cow.c has the data path and the rules that make the chain
+ * correct).  Create and delete take chain_lock exclusive: in-flight origin
+ * writes and snapshot reads drain first, so a snapshot is taken at one
+ * instant and is never freed under a reader.
+ *
+ * Create: flush the origin; create the bitmap (sparse) and fill the
+ * candidate bits from SEEK_DATA/SEEK_HOLE on the origin (cost follows the
+ * number of data extents, not the image size); create the sparse store;
+ * fsync both; then write the meta file (atomic rename + directory fsync):
+ * the snapshot exists from that moment.
+ *
+ * Delete: move into the next older snapshot the chunks it reads through
+ * this one (cow_move_chunks, synced), rewrite the meta file as "deleting",
+ * remove the files.
+ *
+ * Open (recovery): bitmap/store files without a meta file are a create
+ * that did not finish and are removed; a "deleting" snapshot is finished;
+ * temporary snapshots belonged to an admin connection of a process that is
+ * gone and are deleted; every other snapshot is loaded as it was.
+ */
+#include <config.h>
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "nbdsnap/err.h"
+#include "engine-internal.h"
+
+int
+nbdsnap_name_valid (const char *name)
+{
+  size_t i, len = strlen (name);
+
+  if (len == 0 || len > NBDSNAP_NAME_MAX) {
+    errno = EINVAL;
+    nbdsnap_error ("invalid snapshot name \"%.80s\": must be 1 to %d "
+                   "characters", name, NBDSNAP_NAME_MAX);
+    return -1;
+  }
+  for (i = 0; i < len; ++i) {
+    unsigned char ch = name[i];
+    if (isascii (ch) && isalnum (ch))
+      continue;
+    if (i > 0 && (ch == '.' || ch == '_' || ch == '-'))
+      continue;
+    errno = EINVAL;
+    nbdsnap_error ("invalid snapshot name \"%.80s\": use letters, digits, "
+                   "'.', '_' and '-', starting with a letter or digit",
+                   name);
+    return -1;
+  }
+  return 0;
+}
+
+uint32_t
+nbdsnap_engine_chunk_size (const struct nbdsnap_engine *e)
+{
+  return e->chunk_size;
+}
+
+uint64_t
+nbdsnap_engine_size (const struct nbdsnap_engine *e)
+{
+  return e->size;
+}
+
+void
+nbdsnap_engine_inject_store_error (struct nbdsnap_engine *e, int err)
+{
+  __atomic_store_n (&e->inject_errno, err, __ATOMIC_RELAXED);
+}
+
+static void
+chain_append (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  s->older = e->newest;
+  s->newer = NULL;
+  if (e->newest)
+    e->newest->newer = s;
+  else
+    e->oldest = s;
+  e->newest = s;
+  e->nsnaps++;
+}
+
+static void
+chain_remove (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  if (s->older)
+    s->older->newer = s->newer;
+  else
+    e->oldest = s->newer;
+  if (s->newer)
+    s->newer->older = s->older;
+  else
+    e->newest = s->older;
+  e->nsnaps--;
+}
+
+static int
+open_store (struct nbdsnap_engine *e, struct nbdsnap_snap *s, bool create)
+{
+  char name[64];
+
+  snap_file_name (name, sizeof name, s->id, "store");
+  s->store_fd = openat (e->sd.dirfd, name,
+                        O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0),
+                        0600);
+  if (s->store_fd == -1) {
+    nbdsnap_error ("%s/%s: %m", e->sd.path, name);
+    return -1;
+  }
+  if (create && ftruncate (s->store_fd, e->size) == -1) {
+    nbdsnap_error ("ftruncate %s/%s: %m", e->sd.path, name);
+    return -1;
+  }
+  return 0;
+}
+
+/* Set candidate bits for every chunk that holds data in the origin. */
+static int
+fill_candidates (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  int fd = e->origin->fd;
+  off_t data, hole = 0;
+
+  if (e->origin->is_blockdev) {
+    bitmap_set_range (s->bm.candidate, 0, e->nchunks);
+    return 0;
+  }
+  while ((uint64_t) hole < e->size) {
+    data = lseek (fd, hole, SEEK_DATA);
+    if (data == -1) {
+      if (errno == ENXIO)
+        break;                  /* no data after hole */
+      if (errno == EINVAL || errno == EOPNOTSUPP) {
+        /* No SEEK_DATA here: everything is a candidate. */
+        bitmap_set_range (s->bm.candidate, 0, e->nchunks);
+        return 0;
+      }
+      nbdsnap_error ("lseek SEEK_DATA %s: %m", e->origin->path);
+      return -1;
+    }
+    hole = lseek (fd, data, SEEK_HOLE);
+    if (hole == -1) {
+      nbdsnap_error ("lseek SEEK_HOLE %s: %m", e->origin->path);
+      return -1;
+    }
+    if ((uint64_t) hole > e->size)
+      hole = e->size;
+    if ((uint64_t) data >= e->size)
+      break;
+    {
+      uint64_t first = (uint64_t) data >> e->chunk_shift;
+      uint64_t last = ((uint64_t) hole - 1) >> e->chunk_shift;
+      bitmap_set_range (s->bm.candidate, first, last - first + 1);
+    }
+  }
+  return 0;
+}
+
+static struct nbdsnap_snap *
+find_name (struct nbdsnap_engine *e, const char *name)
+{
+  struct nbdsnap_snap *s;
+
+  for (s = e->oldest; s != NULL; s = s->newer)
+    if (strcmp (s->name, name) == 0)
+      return s;
+  return NULL;
+}
+
+struct nbdsnap_snap *
+nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
+                     bool temporary)
+{
+  struct nbdsnap_snap *s = NULL;
+  char bmname[64];
+  bool files = false;
+
+  if (nbdsnap_name_valid (name) == -1)
+    return NULL;
+
+  pthread_rwlock_wrlock (&e->chain_lock);
+  if (find_name (e, name) != NULL) {
+    errno = EEXIST;
+    nbdsnap_error ("snapshot %s already exists", name);
+    goto err;
+  }
+  /* Writes have drained (we hold the chain exclusive): flush them. */
+  if (nbdsnap_origin_flush (e->origin) == -1)
+    goto err;
+
+  s = snap_new ();
+  if (s == NULL)
+    goto err;
+  s->id = e->next_id;
+  strcpy (s->name, name);
+  clock_gettime (CLOCK_REALTIME, &s->created);
+  s->temporary = temporary;
+  s->max_store = e->max_store;
+  s->state = NBDSNAP_STATE_LIVE;
+
+  snap_file_name (bmname, sizeof bmname, s->id, "bitmap");
+  files = true;
+  if (bitmap_create (&s->bm, e->sd.dirfd, bmname, e->nchunks) == -1
+      || fill_candidates (e, s) == -1
+      || open_store (e, s, true) == -1)
+    goto err;
+  if (bitmap_sync (&s->bm) == -1 || fsync (s->store_fd) == -1) {
+    nbdsnap_error ("create %s: sync: %m", name);
+    goto err;
+  }
+  if (snap_write_meta (&e->sd, s) == -1)
+    goto err;
+
+  s->chunks_candidate = bitmap_count (s->bm.candidate, NULL, s->bm.nwords);
+  e->next_id++;
+  chain_append (e, s);
+  pthread_rwlock_unlock (&e->chain_lock);
+  if (nbdsnap_debug_engine)
+    nbdsnap_debug ("created snapshot %s (id %" PRIu64 ", %" PRIu64
+                   " candidate chunks)", name, s->id, s->chunks_candidate);
+  return s;
+
+ err:
+  if (files) {
+    int saved = errno;
+    snap_unlink_files (&e->sd, s->id);
+    errno = saved;
+  }
+  snap_free (s);
+  pthread_rwlock_unlock (&e->chain_lock);
+  return NULL;
+}
+
+struct nbdsnap_snap *
+nbdsnap_snap_lookup (struct nbdsnap_engine *e, const char *name)
+{
+  struct nbdsnap_snap *s;
+
+  pthread_rwlock_rdlock (&e->chain_lock);
+  s = find_name (e, name);
+  pthread_rwlock_unlock (&e->chain_lock);
+  if (s == NULL)
+    errno = ENOENT;
+  return s;
+}
+
+/* Delete with chain_lock held exclusive. */
+static int
+delete_locked (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  if (s->older && cow_move_chunks (e, s, s->older) == -1)
+    return -1;
+  if (snap_set_state (&e->sd, s, NBDSNAP_STATE_DELETING) == -1)
+    return -1;
+  chain_remove (e, s);
+  if (snap_unlink_files (&e->sd, s->id) == -1)
+    nbdsnap_error ("snapshot %s: files left behind; they are removed at the "
+                   "next start", s->name);
+  if (nbdsnap_debug_engine)
+    nbdsnap_debug ("deleted snapshot %s (id %" PRIu64 ")", s->name, s->id);
+  snap_free (s);
+  return 0;
+}
+
+int
+nbdsnap_snap_delete (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  int r;
+
+  pthread_rwlock_wrlock (&e->chain_lock);
+  r = delete_locked (e, s);
+  pthread_rwlock_unlock (&e->chain_lock);
+  return r;
+}
+
+static void
+fill_info (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+           struct nbdsnap_snap_info *info)
+{
+  struct stat st;
+
+  memset (info, 0, sizeof *info);
+  info->id = s->id;
+  strcpy (info->name, s->name);
+  info->created = s->created;
+  info->state = snap_state (s);
+  info->temporary = s->temporary;
+  info->chunks_candidate = s->chunks_candidate;
+  info->chunks_copied = __atomic_load_n (&s->chunks_copied, __ATOMIC_RELAXED);
+  if (fstat (s->store_fd, &st) == 0)
+    info->store_bytes = (uint64_t) st.st_blocks * 512;
+  info->max_store = s->max_store;
+  info->cow_count = __atomic_load_n (&s->cow_count, __ATOMIC_RELAXED);
+  pthread_mutex_lock (&s->store_gc.lock);
+  info->sync_ns = s->store_gc.sync_ns;
+  pthread_mutex_unlock (&s->store_gc.lock);
+  pthread_mutex_lock (&s->bitmap_gc.lock);
+  info->sync_ns += s->bitmap_gc.sync_ns;
+  pthread_mutex_unlock (&s->bitmap_gc.lock);
+}
+
+int
+nbdsnap_snap_info (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+                   struct nbdsnap_snap_info *info)
+{
+  pthread_rwlock_rdlock (&e->chain_lock);
+  fill_info (e, s, info);
+  pthread_rwlock_unlock (&e->chain_lock);
+  return 0;
+}
+
+ssize_t
+nbdsnap_snap_list (struct nbdsnap_engine *e, struct nbdsnap_snap_info **out)
+{
+  struct nbdsnap_snap *s;
+  ssize_t n = 0;
+
+  pthread_rwlock_rdlock (&e->chain_lock);
+  *out = calloc (e->nsnaps ? e->nsnaps : 1, sizeof **out);
+  if (*out == NULL) {
+    nbdsnap_error ("calloc: %m");
+    pthread_rwlock_unlock (&e->chain_lock);
+    return -1;
+  }
+  for (s = e->oldest; s != NULL; s = s->newer)
+    fill_info (e, s, &(*out)[n++]);
+  pthread_rwlock_unlock (&e->chain_lock);
+  return n;
+}
+
+/* Load one snapshot found on disk; NULL if it is to be skipped. */
+static int
+load_snap (struct nbdsnap_engine *e, uint64_t id, struct nbdsnap_snap **out)
+{
+  struct nbdsnap_snap *s = snap_new ();
+  char name[64];
+
+  *out = NULL;
+  if (s == NULL)
+    return -1;
+  if (snap_read_meta (&e->sd, id, s) == -1)
+    goto err;
+  if (snap_state (s) == NBDSNAP_STATE_DELETING) {
+    nbdsnap_debug ("finishing the deletion of snapshot %s", s->name);
+    snap_free (s);
+    return snap_unlink_files (&e->sd, id);
+  }
+  snap_file_name (name, sizeof name, id, "bitmap");
+  if (bitmap_open (&s->bm, e->sd.dirfd, name, e->nchunks) == -1
+      || open_store (e, s, false) == -1)
+    goto err;
+  s->chunks_candidate = bitmap_count (s->bm.candidate, NULL, s->bm.nwords);
+  s->chunks_copied = bitmap_count (s->bm.copied, s->bm.candidate,
+                                   s->bm.nwords);
+  *out = s;
+  return 0;
+
+ err:
+  snap_free (s);
+  return -1;
+}
+
+static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* Scan the directory: load snapshots in id order, remove leftovers. */
+static int
+load_all (struct nbdsnap_engine *e)
+{
+  DIR *dir;
+  struct dirent *d;
+  uint64_t *ids = NULL, id;
+  size_t n = 0, cap = 0, i;
+  int dfd, r = -1;
+  char ext[16], meta[64];
+  struct stat st;
+
+  dfd = dup (e->sd.dirfd);
+  if (dfd == -1 || (dir = fdopendir (dfd)) == NULL) {
+    nbdsnap_error ("opendir %s: %m", e->sd.path);
+    if (dfd >= 0)
+      close (dfd);
+    return -1;
+  }
+  while ((d = readdir (dir)) != NULL) {
+    int len;
+    if (sscanf (d->d_name, "snap-%" SCNu64 ".%15s%n", &id, ext, &len) != 2)
+      continue;
+    if (strstr (d->d_name, ".tmp")) {  /* a rename that did not happen */
+      unlinkat (e->sd.dirfd, d->d_name, 0);
+      continue;
+    }
+    snap_file_name (meta, sizeof meta, id, "meta");
+    if (fstatat (e->sd.dirfd, meta, &st, 0) == -1) {
+      /* A create that did not finish. */
+      nbdsnap_debug ("removing leftover %s", d->d_name);
+      unlinkat (e->sd.dirfd, d->d_name, 0);
+      continue;
+    }
+    if (strcmp (ext, "meta") != 0)
+      continue;
+    if (n == cap) {
+      uint64_t *p = realloc (ids, (cap = cap ? cap * 2 : 16) * sizeof *ids);
+      if (p == NULL) {
+        nbdsnap_error ("realloc: %m");
+        goto out;
+      }
+      ids = p;
+    }
+    ids[n++] = id;
+  }
+  qsort (ids, n, sizeof *ids, cmp_u64);
+  for (i = 0; i < n; ++i) {
+    struct nbdsnap_snap *s;
+    if (load_snap (e, ids[i], &s) == -1)
+      goto out;
+    if (s)
+      chain_append (e, s);
+    if (ids[i] >= e->next_id)
+      e->next_id = ids[i] + 1;
+  }
+  r = 0;
+ out:
+  closedir (dir);
+  free (ids);
+  return r;
+}
+
+struct nbdsnap_engine *
+nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
+{
+  struct nbdsnap_engine *e;
+  struct nbdsnap_snap *s, *next;
+  pthread_rwlockattr_t attr;
+  size_t i;
+
+  if (cfg->chunk_size != 0
+      && (cfg->chunk_size < NBDSNAP_CHUNK_MIN
+          || cfg->chunk_size > NBDSNAP_CHUNK_MAX
+          || (cfg->chunk_size & (cfg->chunk_size - 1)) != 0)) {
+    errno = EINVAL;
+    nbdsnap_error ("chunk-size=%" PRIu32 ": must be a power of two from 4K "
+                   "to 1M", cfg->chunk_size);
+    return NULL;
+  }
+  e = calloc (1, sizeof *e);
+  if (e == NULL) {
+    nbdsnap_error ("calloc: %m");
+    return NULL;
+  }
+  e->origin = cfg->origin;
+  e->size = cfg->origin->size;
+  e->durability = cfg->durability;
+  e->max_store = cfg->max_store;
+  e->next_id = 1;
+  if (statedir_open (&e->sd, cfg->statedir, cfg->origin, cfg->chunk_size)
+      == -1) {
+    free (e);
+    return NULL;
+  }
+  e->chunk_size = e->sd.chunk_size;
+  e->chunk_shift = __builtin_ctz (e->chunk_size);
+  e->nchunks = (e->size + e->chunk_size - 1) >> e->chunk_shift;
+
+  pthread_rwlockattr_init (&attr);
+  pthread_rwlockattr_setkind_np (&attr,
+                                 PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init (&e->chain_lock, &attr);
+  pthread_rwlockattr_destroy (&attr);
+  for (i = 0; i < CHUNK_STRIPES; ++i)
+    pthread_rwlock_init (&e->stripes[i], NULL);
+
+  if (load_all (e) == -1) {
+    nbdsnap_engine_close (e);
+    return NULL;
+  }
+  /* Temporary snapshots died with the admin connection that owned them. */
+  for (s = e->oldest; s != NULL; s = next) {
+    next = s->newer;
+    if (s->temporary && delete_locked (e, s) == -1) {
+      nbdsnap_engine_close (e);
+      return NULL;
+    }
+  }
+  return e;
+}
+
+void
+nbdsnap_engine_close (struct nbdsnap_engine *e)
+{
+  struct nbdsnap_snap *s, *next;
+  size_t i;
+
+  if (e == NULL)
+    return;
+  for (s = e->oldest; s != NULL; s = next) {
+    next = s->newer;
+    snap_free (s);
+  }
+  pthread_rwlock_destroy (&e->chain_lock);
+  for (i = 0; i < CHUNK_STRIPES; ++i)
+    pthread_rwlock_destroy (&e->stripes[i]);
+  statedir_close (&e->sd);
+  free (e);
+}
+
+int
+nbdsnap_snap_mark_temporary (struct nbdsnap_engine *e,
+                             struct nbdsnap_snap *s)
+{
+  int r;
+
+  pthread_mutex_lock (&s->meta_lock);
+  s->temporary = true;
+  r = snap_write_meta (&e->sd, s);
+  pthread_mutex_unlock (&s->meta_lock);
+  return r;
+}

@@ -1,0 +1,79 @@
+/* nbdsnap: group commit.  See gcommit.h for the design. */
+#include <config.h>
+
+#include <errno.h>
+#include <time.h>
+
+#include "gcommit.h"
+
+void
+gcommit_init (struct gcommit *g)
+{
+  pthread_mutex_init (&g->lock, NULL);
+  pthread_cond_init (&g->cond, NULL);
+  g->started = g->done = g->failed = 0;
+  g->failed_errno = 0;
+  g->running = false;
+  g->syncs = g->sync_ns = 0;
+}
+
+void
+gcommit_destroy (struct gcommit *g)
+{
+  pthread_cond_destroy (&g->cond);
+  pthread_mutex_destroy (&g->lock);
+}
+
+static uint64_t
+now_ns (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int
+gcommit_sync (struct gcommit *g, gcommit_fn fn, void *opaque)
+{
+  uint64_t target, seq, t0, t1;
+  int r, err = 0;
+
+  pthread_mutex_lock (&g->lock);
+  /* A sync that starts after this point covers our writes. */
+  target = g->started + 1;
+  while (g->done < target) {
+    if (g->running) {
+      pthread_cond_wait (&g->cond, &g->lock);
+      continue;
+    }
+    g->running = true;
+    seq = ++g->started;
+    pthread_mutex_unlock (&g->lock);
+
+    t0 = now_ns ();
+    r = fn (opaque);
+    err = errno;
+    t1 = now_ns ();
+
+    pthread_mutex_lock (&g->lock);
+    g->running = false;
+    g->done = seq;
+    g->syncs++;
+    g->sync_ns += t1 - t0;
+    if (r == -1) {
+      g->failed = seq;
+      g->failed_errno = err;
+    }
+    pthread_cond_broadcast (&g->cond);
+  }
+  r = 0;
+  if (g->failed >= target) {
+    err = g->failed_errno;
+    r = -1;
+  }
+  pthread_mutex_unlock (&g->lock);
+  if (r == -1)
+    errno = err;
+  return r;
+}

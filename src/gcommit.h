@@ -1,0 +1,43 @@
+/* nbdsnap: group commit (src/gcommit.c).
+ *
+ * Notes on the design
+ *
+ * A writer that needs "everything I wrote so far is durable" calls
+ * gcommit_sync () after its write.  It needs one sync that *starts* after
+ * its write.  If no sync is running, it becomes the leader and runs one;
+ * if one is running, it waits for it to end and then, unless another
+ * caller has already started a newer one (which also covers it), leads the
+ * next.  So N concurrent writers share about two syncs, not N.
+ *
+ * A failed sync fails every caller that it was meant to cover; later
+ * callers try again.
+ */
+#ifndef NBDSNAP_GCOMMIT_H
+#define NBDSNAP_GCOMMIT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef int (*gcommit_fn) (void *opaque);
+
+struct gcommit {
+  /* lock protects every field below; taken by gcommit_sync only, never
+   * held across the sync itself. */
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  uint64_t started;             /* sequence of the last sync started */
+  uint64_t done;                /* sequence of the last sync finished */
+  uint64_t failed;              /* sequence of the last sync that failed */
+  int failed_errno;
+  bool running;
+  uint64_t syncs;               /* statistics: syncs run */
+  uint64_t sync_ns;             /* statistics: time spent in them */
+};
+
+extern void gcommit_init (struct gcommit *g);
+extern void gcommit_destroy (struct gcommit *g);
+/* Returns 0, or -1 with errno from the failed sync. */
+extern int gcommit_sync (struct gcommit *g, gcommit_fn fn, void *opaque);
+
+#endif /* NBDSNAP_GCOMMIT_H */
