@@ -1,1 +1,477 @@
-/* placeholder: replaced by the foundation work */
+/* nbdsnap plugin: the nbdkit callbacks (nbdkit-nbdsnap-plugin(1)).
+ *
+ * Notes on the design:
+ *
+ * - The base image (the origin) is opened once, in .config_complete, so
+ *   that a missing, unreadable, empty or wrong kind of file is an error at
+ *   start-up; every connection shares that one descriptor (thread model
+ *   PARALLEL: the origin layer uses pread/pwrite only and needs no lock).
+ *
+ * - The snapshot engine (src/engine.c) is opened in .get_ready, with the
+ *   admin socket (plugin/admin.c), so that their errors reach the user
+ *   before nbdkit forks; the admin thread starts in .after_fork and stops
+ *   in .cleanup, before the engine closes.
+ *
+ * - Export routing: "" is the origin, read/write; any other name is a
+ *   snapshot, read-only, looked up in the registry (plugin/registry.c),
+ *   which counts the handle as a client of the snapshot (busy) until
+ *   .close.  An unknown name is refused in .open with a message naming it.
+ *
+ * - The data callbacks are thin: origin writes, zeroes and trims go to the
+ *   engine (copy-on-write first, then the origin); origin reads go to the
+ *   origin layer; snapshot reads and extents go to the engine inside
+ *   registry_enter/registry_leave, the gate that delete --force revokes
+ *   (later requests fail with ESHUTDOWN).  Each sets errno and reports
+ *   once.  Bytes and requests are counted per connection for "clients".
+ *
+ * - Messages from src/ go through nbdsnap_set_log_handlers () to
+ *   nbdkit_verror / nbdkit_vdebug, installed in .load.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "nbdsnap/engine.h"
+#include "nbdsnap/err.h"
+#include "nbdsnap/origin.h"
+#include "admin.h"
+#include "config.h"
+#include "registry.h"
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+/* The base image; opened in .config_complete, closed in .unload. */
+static struct nbdsnap_origin origin = { .fd = -1 };
+
+/* The snapshot engine; opened in .get_ready, closed in .cleanup. */
+static struct nbdsnap_engine *engine;
+
+/* Per connection. */
+struct handle {
+  struct conn *conn;            /* registry record: export, peer, counters */
+  struct snap_entry *snap;      /* NULL for the origin */
+  bool readonly;                /* nbdkit -r, the image is read-only, or a
+                                   snapshot */
+};
+
+/* -D nbdsnap.engine=1 sets nbdsnap_debug_engine (src/err.c, linked in and
+ * exported from this module). */
+
+static void
+nbdsnap_load (void)
+{
+  nbdsnap_set_log_handlers (nbdkit_verror, nbdkit_vdebug);
+}
+
+static void
+nbdsnap_unload (void)
+{
+  nbdsnap_origin_close (&origin);
+  config_free ();
+}
+
+static int
+nbdsnap_config (const char *key, const char *value)
+{
+  return config_set (key, value);
+}
+
+/* While the image is opened at start-up, messages from src/origin.c
+ * ("PATH: REASON") are prefixed with the parameter that named it. */
+static void
+file_param_verror (const char *fmt, va_list args)
+{
+  char *msg;
+
+  if (vasprintf (&msg, fmt, args) == -1) {
+    nbdkit_error ("file=%s: cannot be opened", nbdsnap_cfg.file);
+    return;
+  }
+  nbdkit_error ("file=%s", msg);
+  free (msg);
+}
+
+static int
+nbdsnap_config_complete (void)
+{
+  int r;
+
+  if (config_check_file () == -1)
+    return -1;
+  nbdsnap_set_log_handlers (file_param_verror, nbdkit_vdebug);
+  r = nbdsnap_origin_open (&origin, nbdsnap_cfg.file,
+                           nbdsnap_cfg.file_readonly);
+  nbdsnap_set_log_handlers (nbdkit_verror, nbdkit_vdebug);
+  if (r == -1)
+    return -1;
+  return config_finish (origin.is_blockdev);
+}
+
+/* Open the engine and bind the admin socket: errors reach the user. */
+static int
+nbdsnap_get_ready (void)
+{
+  struct nbdsnap_engine_config ec = {
+    .origin = &origin,
+    .statedir = nbdsnap_cfg.statedir,
+    .chunk_size = nbdsnap_cfg.chunk_size,
+    .durability = nbdsnap_cfg.durability,
+    .max_store = nbdsnap_cfg.max_store,
+  };
+
+  engine = nbdsnap_engine_open (&ec);
+  if (engine == NULL)
+    return -1;
+  if (registry_init (engine, origin.readonly) == -1)
+    return -1;
+  admin_set_ops (&registry_admin_ops);
+  return admin_bind (nbdsnap_cfg.admin);
+}
+
+static int
+nbdsnap_after_fork (void)
+{
+  return admin_start ();
+}
+
+static void
+nbdsnap_cleanup (void)
+{
+  admin_stop ();                /* releases holds, temporary snapshots */
+  registry_free ();
+  nbdsnap_engine_close (engine);
+  engine = NULL;
+}
+
+static void
+nbdsnap_dump_plugin (void)
+{
+  printf ("nbdsnap_version=%s\n", PACKAGE_VERSION);
+}
+
+static void *
+nbdsnap_open (int readonly)
+{
+  const char *name = nbdkit_export_name ();
+  struct handle *h;
+
+  if (name == NULL)
+    return NULL;                /* reported by nbdkit */
+  h = calloc (1, sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  h->readonly = readonly || origin.readonly || name[0] != '\0';
+  h->conn = registry_conn_open (name, h->readonly);
+  if (h->conn == NULL) {        /* unknown snapshot: reported */
+    free (h);
+    return NULL;
+  }
+  h->snap = h->conn->entry;
+  return h;
+}
+
+static void
+nbdsnap_close (void *handle)
+{
+  struct handle *h = handle;
+
+  registry_conn_close (h->conn);
+  free (h);
+}
+
+static int
+nbdsnap_list_exports (int readonly, int is_tls,
+                      struct nbdkit_exports *exports)
+{
+  return registry_list_exports (exports);
+}
+
+static const char *
+nbdsnap_export_description (void *handle)
+{
+  struct handle *h = handle;
+
+  if (h->snap)
+    return registry_describe (h->snap);
+  return nbdkit_printf_intern ("origin: %s", origin.path);
+}
+
+static int64_t
+nbdsnap_get_size (void *handle)
+{
+  return origin.size;
+}
+
+static int
+nbdsnap_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
+                    uint32_t *maximum)
+{
+  *minimum = 1;
+  *preferred = 4096;
+  *maximum = 0xffffffff;
+  return 0;
+}
+
+static int
+nbdsnap_can_write (void *handle)
+{
+  struct handle *h = handle;
+
+  return !h->readonly;
+}
+
+static int
+nbdsnap_can_flush (void *handle)
+{
+  struct handle *h = handle;
+
+  return h->snap == NULL;
+}
+
+static int
+nbdsnap_can_fua (void *handle)
+{
+  return NBDKIT_FUA_NATIVE;
+}
+
+static int
+nbdsnap_can_trim (void *handle)
+{
+  struct handle *h = handle;
+
+  return !h->readonly;
+}
+
+static int
+nbdsnap_can_zero (void *handle)
+{
+  struct handle *h = handle;
+
+  return !h->readonly;
+}
+
+/* Honest: only when one of the kernel's fast methods may still work (see
+ * the notes in src/origin.c: on a block device only PUNCH_HOLE is fast).
+ * A fast zero that cannot be done fast then fails with ENOTSUP. */
+static int
+nbdsnap_can_fast_zero (void *handle)
+{
+  struct handle *h = handle;
+  bool punch = __atomic_load_n (&origin.can_punch_hole, __ATOMIC_RELAXED);
+  bool zero = __atomic_load_n (&origin.can_zero_range, __ATOMIC_RELAXED);
+
+  if (h->readonly)
+    return 0;
+  return origin.is_blockdev ? punch : punch || zero;
+}
+
+static int
+nbdsnap_can_extents (void *handle)
+{
+  return 1;
+}
+
+static int
+nbdsnap_can_cache (void *handle)
+{
+  struct handle *h = handle;
+
+  return h->snap ? NBDKIT_CACHE_NONE : NBDKIT_CACHE_NATIVE;
+}
+
+/* One file descriptor, written with pwrite and flushed with fdatasync:
+ * a flush on any connection covers the writes of all of them.  Snapshots
+ * never change. */
+static int
+nbdsnap_can_multi_conn (void *handle)
+{
+  return 1;
+}
+
+static void
+count_io (struct handle *h, uint64_t *bytes, uint64_t *reqs, uint32_t count)
+{
+  __atomic_fetch_add (bytes, count, __ATOMIC_RELAXED);
+  __atomic_fetch_add (reqs, 1, __ATOMIC_RELAXED);
+}
+
+/* Defensive: nbdkit refuses writes to a read-only export itself. */
+static int
+refuse_write (struct handle *h)
+{
+  nbdkit_error ("export \"%s\" is a snapshot: it is read-only",
+                h->conn->export);
+  errno = EROFS;
+  return -1;
+}
+
+static int
+nbdsnap_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
+               uint32_t flags)
+{
+  struct handle *h = handle;
+  int r;
+
+  if (h->snap == NULL)
+    r = nbdsnap_origin_pread (&origin, buf, count, offset);
+  else {
+    if (registry_enter (h->snap) == -1)
+      return -1;
+    r = nbdsnap_snap_pread (engine, h->snap->snap, buf, count, offset);
+    registry_leave (h->snap);
+  }
+  if (r == 0)
+    count_io (h, &h->conn->bytes_read, &h->conn->reads, count);
+  return r;
+}
+
+static int
+nbdsnap_pwrite (void *handle, const void *buf, uint32_t count,
+                uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+  int r;
+
+  if (h->snap)
+    return refuse_write (h);
+  r = nbdsnap_engine_pwrite (engine, buf, count, offset,
+                             flags & NBDKIT_FLAG_FUA);
+  if (r == 0)
+    count_io (h, &h->conn->bytes_written, &h->conn->writes, count);
+  return r;
+}
+
+static int
+nbdsnap_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+  int r;
+
+  if (h->snap)
+    return refuse_write (h);
+  r = nbdsnap_engine_zero (engine, count, offset,
+                           flags & NBDKIT_FLAG_MAY_TRIM,
+                           flags & NBDKIT_FLAG_FUA,
+                           flags & NBDKIT_FLAG_FAST_ZERO);
+  if (r == 0)
+    count_io (h, &h->conn->bytes_written, &h->conn->writes, count);
+  return r;
+}
+
+static int
+nbdsnap_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+  int r;
+
+  if (h->snap)
+    return refuse_write (h);
+  r = nbdsnap_engine_trim (engine, count, offset, flags & NBDKIT_FLAG_FUA);
+  if (r == 0)
+    count_io (h, &h->conn->bytes_written, &h->conn->writes, count);
+  return r;
+}
+
+/* Stores and bitmaps first, then the origin (nbdsnap_engine_flush). */
+static int
+nbdsnap_flush (void *handle, uint32_t flags)
+{
+  return nbdsnap_engine_flush (engine);
+}
+
+static int
+nbdsnap_cache (void *handle, uint32_t count, uint64_t offset,
+               uint32_t flags)
+{
+  return nbdsnap_origin_cache (&origin, count, offset);
+}
+
+struct extents_ctx {
+  struct nbdkit_extents *extents;
+  bool req_one;
+};
+
+static int
+add_extent (void *opaque, uint64_t offset, uint64_t length, bool hole)
+{
+  struct extents_ctx *ctx = opaque;
+  uint32_t type = hole ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0;
+
+  if (nbdkit_add_extent (ctx->extents, offset, length, type) == -1)
+    return -1;                  /* reported by nbdkit */
+  return ctx->req_one ? 1 : 0;
+}
+
+static int
+nbdsnap_extents (void *handle, uint32_t count, uint64_t offset,
+                 uint32_t flags, struct nbdkit_extents *extents)
+{
+  struct handle *h = handle;
+  struct extents_ctx ctx = {
+    .extents = extents,
+    .req_one = flags & NBDKIT_FLAG_REQ_ONE,
+  };
+  int r;
+
+  if (h->snap == NULL)
+    return nbdsnap_origin_extents (&origin, offset, count, add_extent, &ctx);
+  if (registry_enter (h->snap) == -1)
+    return -1;
+  r = nbdsnap_snap_extents (engine, h->snap->snap, offset, count,
+                            add_extent, &ctx);
+  registry_leave (h->snap);
+  return r;
+}
+
+static struct nbdkit_plugin plugin = {
+  .name = "nbdsnap",
+  .longname = "nbdsnap: point-in-time snapshots of a live disk image",
+  .version = PACKAGE_VERSION,
+  .description = "Serves a raw disk image (the origin) read/write and "
+                 "point-in-time snapshots of it read-only.",
+  .load = nbdsnap_load,
+  .unload = nbdsnap_unload,
+  .config = nbdsnap_config,
+  .config_complete = nbdsnap_config_complete,
+  .config_help = NBDSNAP_CONFIG_HELP,
+  .get_ready = nbdsnap_get_ready,
+  .after_fork = nbdsnap_after_fork,
+  .cleanup = nbdsnap_cleanup,
+  .magic_config_key = "file",
+  .dump_plugin = nbdsnap_dump_plugin,
+  .open = nbdsnap_open,
+  .close = nbdsnap_close,
+  .list_exports = nbdsnap_list_exports,
+  .export_description = nbdsnap_export_description,
+  .get_size = nbdsnap_get_size,
+  .block_size = nbdsnap_block_size,
+  .can_write = nbdsnap_can_write,
+  .can_flush = nbdsnap_can_flush,
+  .can_fua = nbdsnap_can_fua,
+  .can_trim = nbdsnap_can_trim,
+  .can_zero = nbdsnap_can_zero,
+  .can_fast_zero = nbdsnap_can_fast_zero,
+  .can_extents = nbdsnap_can_extents,
+  .can_cache = nbdsnap_can_cache,
+  .can_multi_conn = nbdsnap_can_multi_conn,
+  .pread = nbdsnap_pread,
+  .pwrite = nbdsnap_pwrite,
+  .zero = nbdsnap_zero,
+  .trim = nbdsnap_trim,
+  .flush = nbdsnap_flush,
+  .cache = nbdsnap_cache,
+  .extents = nbdsnap_extents,
+  .errno_is_preserved = 1,
+};
+
+NBDKIT_REGISTER_PLUGIN (plugin)

@@ -22,7 +22,10 @@
  * While the newest snapshot is valid this touches one snapshot only, so a
  * write costs the same with 1 or 64 snapshots, and a chunk is copied at
  * most once.  The first test (copied(newest, c)) is a lock-free atomic load:
- * the steady-state write takes no lock but the shared chain lock.
+ * the steady-state write takes no lock but the shared chain lock.  (In
+ * power mode a bit seen set while some copy-on-write is in progress may
+ * not be durable yet: such a writer waits for the chunk's stripe, which
+ * the writer that set the bit holds until it is; see cow_inflight.)
  *
  * Why the older snapshots are right: if candidate(S, c) and the origin's c
  * changed after S was taken, the first such change happened while some
@@ -101,7 +104,7 @@ static int
 mark_copied (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c)
 {
   bitmap_set (x->bm.copied, c);
-  __atomic_store_n (&x->dirty, 1, __ATOMIC_RELEASE);
+  __atomic_add_fetch (&x->dirty, 1, __ATOMIC_RELEASE);
   if (e->durability == NBDSNAP_DURABILITY_POWER
       && gcommit_sync (&x->bitmap_gc, sync_bitmap, x) == -1)
     return -1;
@@ -140,7 +143,7 @@ copy_chunk (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c,
       invalidate (e, x, "store write", errno);
       return -1;
     }
-    __atomic_store_n (&x->dirty, 1, __ATOMIC_RELEASE);
+    __atomic_add_fetch (&x->dirty, 1, __ATOMIC_RELEASE);
     if (e->durability == NBDSNAP_DURABILITY_POWER
         && gcommit_sync (&x->store_gc, sync_store, x) == -1) {
       invalidate (e, x, "store fdatasync", errno);
@@ -163,12 +166,25 @@ static int
 cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
 {
   struct nbdsnap_snap *x = e->newest;
+  bool power = e->durability == NBDSNAP_DURABILITY_POWER;
   int r = 0;
 
-  if (x == NULL || bitmap_test (x->bm.copied, c))
-    return 0;                   /* the fast path, lock-free */
+  if (x == NULL)
+    return 0;
+  if (bitmap_test (x->bm.copied, c)) {
+    /* The fast path, lock-free.  In power mode the bit may have been set
+     * by a writer that is still syncing it (or, if that fails, copying
+     * into an older snapshot): it holds the stripe until it is done. */
+    if (power && __atomic_load_n (&e->cow_inflight, __ATOMIC_SEQ_CST) != 0) {
+      pthread_rwlock_rdlock (stripe (e, c));
+      pthread_rwlock_unlock (stripe (e, c));
+    }
+    return 0;
+  }
 
   pthread_rwlock_wrlock (stripe (e, c));
+  if (power)
+    __atomic_add_fetch (&e->cow_inflight, 1, __ATOMIC_SEQ_CST);
   for (; x != NULL; x = x->older) {
     if (bitmap_test (x->bm.copied, c))
       break;
@@ -199,6 +215,8 @@ cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
     }
     r = 0;                      /* x is invalid now: try the next older */
   }
+  if (power)
+    __atomic_sub_fetch (&e->cow_inflight, 1, __ATOMIC_SEQ_CST);
   pthread_rwlock_unlock (stripe (e, c));
   return r;
 }
@@ -224,8 +242,13 @@ cow_range (struct nbdsnap_engine *e, uint32_t count, uint64_t offset,
   /* A FUA write in process mode must not become durable before what it
    * displaced. */
   if (r == 0 && fua && copied
-      && e->durability == NBDSNAP_DURABILITY_PROCESS)
-    r = cow_sync_snap (e, e->newest);
+      && e->durability == NBDSNAP_DURABILITY_PROCESS) {
+    struct nbdsnap_snap *s;
+    /* The copies went into the newest valid snapshot, which need not be
+     * the newest one: sync whichever is dirty. */
+    for (s = e->newest; s != NULL && r == 0; s = s->older)
+      r = cow_sync_snap (e, s);
+  }
   return r;
 }
 
@@ -293,14 +316,22 @@ nbdsnap_engine_trim (struct nbdsnap_engine *e, uint32_t count,
 int
 cow_sync_snap (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
 {
-  if (!__atomic_exchange_n (&s->dirty, 0, __ATOMIC_ACQ_REL))
+  uint64_t d = __atomic_load_n (&s->dirty, __ATOMIC_ACQUIRE), c;
+
+  /* Return at once only if a *finished* sync covered every change so far
+   * (not merely one that another caller has started). */
+  if (d == __atomic_load_n (&s->clean, __ATOMIC_ACQUIRE))
     return 0;
   if (gcommit_sync (&s->store_gc, sync_store, s) == -1
       || gcommit_sync (&s->bitmap_gc, sync_bitmap, s) == -1) {
-    __atomic_store_n (&s->dirty, 1, __ATOMIC_RELEASE);
     nbdsnap_error ("flush snapshot %s: %m", s->name);
     return -1;
   }
+  c = __atomic_load_n (&s->clean, __ATOMIC_ACQUIRE);
+  while (c < d && !__atomic_compare_exchange_n (&s->clean, &c, d, false,
+                                                __ATOMIC_ACQ_REL,
+                                                __ATOMIC_ACQUIRE))
+    ;
   return 0;
 }
 
@@ -461,60 +492,84 @@ nbdsnap_snap_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
   return r < 0 ? -1 : 0;
 }
 
+/* Copy chunk c's bytes from one store to the other at the same offset. */
+static int
+move_data (struct nbdsnap_engine *e, struct nbdsnap_snap *from,
+           struct nbdsnap_snap *to, uint64_t c)
+{
+  uint64_t off = c << e->chunk_shift;
+  loff_t in = off, out = off;
+  size_t left = chunk_len (e, c);
+
+  while (left > 0) {
+    ssize_t n = copy_file_range (from->store_fd, &in, to->store_fd, &out,
+                                 left, 0);
+    if (n <= 0) {
+      char *buf;
+      int r;
+      if (n == 0 || (errno != EXDEV && errno != EINVAL
+                     && errno != ENOSYS && errno != EOPNOTSUPP))
+        return -1;
+      /* No copy_file_range here: copy by hand. */
+      buf = malloc (left);
+      if (buf == NULL)
+        return -1;
+      r = io_pread_full (from->store_fd, buf, left, in);
+      if (r == 0)
+        r = io_pwrite_full (to->store_fd, buf, left, out);
+      free (buf);
+      return r;
+    }
+    left -= n;
+  }
+  return 0;
+}
+
 /* Delete's move: every chunk that `to` (the next older snapshot) reads
  * through `from` is copied into `to` (copy_file_range, so the kernel may
- * share or clone blocks).  chain_lock held exclusive. */
+ * share or clone blocks).  chain_lock held exclusive.
+ *
+ * The data first, synced; only then the copied bits, synced: until the
+ * bits are on disk `to` keeps reading those chunks through `from`, whose
+ * files stay until this returns, so a crash (or power cut) at any point
+ * leaves both snapshots right. */
 int
 cow_move_chunks (struct nbdsnap_engine *e, struct nbdsnap_snap *from,
                  struct nbdsnap_snap *to)
 {
-  uint64_t w, c;
+  uint64_t w, c, need;
   bool moved = false;
 
   for (w = 0; w < from->bm.nwords; ++w) {
-    uint64_t need = from->bm.copied[w] & ~to->bm.copied[w];
+    need = from->bm.copied[w] & ~to->bm.copied[w];
     while (need != 0) {
       c = w * 64 + __builtin_ctzll (need);
       need &= need - 1;
-      if (bitmap_test (to->bm.candidate, c)) {
-        uint64_t off = c << e->chunk_shift;
-        loff_t in = off, out = off;
-        size_t left = chunk_len (e, c);
-        while (left > 0) {
-          ssize_t n = copy_file_range (from->store_fd, &in, to->store_fd,
-                                       &out, left, 0);
-          if (n <= 0) {
-            char *buf;
-            if (n == 0 || (errno != EXDEV && errno != EINVAL
-                           && errno != ENOSYS && errno != EOPNOTSUPP))
-              goto err;
-            /* No copy_file_range here: copy by hand. */
-            buf = malloc (left);
-            if (buf == NULL)
-              goto err;
-            if (io_pread_full (from->store_fd, buf, left, in) == -1
-                || io_pwrite_full (to->store_fd, buf, left, out) == -1) {
-              free (buf);
-              goto err;
-            }
-            free (buf);
-            break;
-          }
-          left -= n;
-        }
-        __atomic_fetch_add (&to->chunks_copied, 1, __ATOMIC_RELAXED);
-      }
-      bitmap_set (to->bm.copied, c);
+      if (bitmap_test (to->bm.candidate, c)
+          && move_data (e, from, to, c) == -1)
+        goto err;
       moved = true;
     }
   }
-  if (moved) {
-    __atomic_store_n (&to->dirty, 1, __ATOMIC_RELEASE);
-    /* Delete is rare: make the move durable in both modes before the
-     * deleted snapshot's files go. */
-    if (fdatasync (to->store_fd) == -1 || bitmap_sync (&to->bm) == -1)
-      goto err;
+  if (!moved)
+    return 0;
+  /* Delete is rare: make the move durable in both modes before the
+   * deleted snapshot's files go. */
+  if (fdatasync (to->store_fd) == -1)
+    goto err;
+  for (w = 0; w < from->bm.nwords; ++w) {
+    need = from->bm.copied[w] & ~to->bm.copied[w];
+    while (need != 0) {
+      c = w * 64 + __builtin_ctzll (need);
+      need &= need - 1;
+      if (bitmap_test (to->bm.candidate, c))
+        __atomic_fetch_add (&to->chunks_copied, 1, __ATOMIC_RELAXED);
+      bitmap_set (to->bm.copied, c);
+    }
   }
+  __atomic_add_fetch (&to->dirty, 1, __ATOMIC_RELEASE);
+  if (bitmap_sync (&to->bm) == -1)
+    goto err;
   return 0;
 
  err:

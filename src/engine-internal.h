@@ -44,6 +44,14 @@ struct nbdsnap_engine {
    * overwritten, and writers of one chunk copy it once. */
   pthread_rwlock_t stripes[CHUNK_STRIPES];
 
+  /* Power mode: copy-on-writes in progress (atomic).  Bumped by a writer
+   * after it takes a chunk's stripe exclusive and before it sets any
+   * copied bit, dropped after its bits are durable, before it releases the
+   * stripe.  A writer whose lock-free fast path sees a copied bit while
+   * this is non-zero waits for the chunk's stripe: the bit may not be on
+   * disk yet. */
+  int cow_inflight;
+
   int inject_errno;             /* atomic; test hook */
 };
 

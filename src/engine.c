@@ -264,10 +264,15 @@ nbdsnap_snap_lookup (struct nbdsnap_engine *e, const char *name)
 static int
 delete_locked (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
 {
+  int old_state = snap_state (s);
+
   if (s->older && cow_move_chunks (e, s, s->older) == -1)
     return -1;
-  if (snap_set_state (&e->sd, s, NBDSNAP_STATE_DELETING) == -1)
+  if (snap_set_state (&e->sd, s, NBDSNAP_STATE_DELETING) == -1) {
+    /* Not deleted: it stays as it was, readable if it was. */
+    __atomic_store_n (&s->state, old_state, __ATOMIC_RELEASE);
     return -1;
+  }
   chain_remove (e, s);
   if (snap_unlink_files (&e->sd, s->id) == -1)
     nbdsnap_error ("snapshot %s: files left behind; they are removed at the "
@@ -429,7 +434,8 @@ load_all (struct nbdsnap_engine *e)
     }
     ids[n++] = id;
   }
-  qsort (ids, n, sizeof *ids, cmp_u64);
+  if (n > 0)                    /* ids is NULL then: qsort (NULL) is UB */
+    qsort (ids, n, sizeof *ids, cmp_u64);
   for (i = 0; i < n; ++i) {
     struct nbdsnap_snap *s;
     if (load_snap (e, ids[i], &s) == -1)

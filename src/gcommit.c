@@ -2,6 +2,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <string.h>
 #include <time.h>
 
 #include "gcommit.h"
@@ -11,8 +12,8 @@ gcommit_init (struct gcommit *g)
 {
   pthread_mutex_init (&g->lock, NULL);
   pthread_cond_init (&g->cond, NULL);
-  g->started = g->done = g->failed = 0;
-  g->failed_errno = 0;
+  g->started = g->done = 0;
+  memset (g->result, 0, sizeof g->result);
   g->running = false;
   g->syncs = g->sync_ns = 0;
 }
@@ -61,17 +62,17 @@ gcommit_sync (struct gcommit *g, gcommit_fn fn, void *opaque)
     g->done = seq;
     g->syncs++;
     g->sync_ns += t1 - t0;
-    if (r == -1) {
-      g->failed = seq;
-      g->failed_errno = err;
-    }
+    g->result[seq % GCOMMIT_HISTORY] = r == -1 ? (err ? err : EIO) : 0;
     pthread_cond_broadcast (&g->cond);
   }
+  /* Our sync is the one numbered target: the first to start after we
+   * took the lock.  If we slept through so many syncs that its result is
+   * forgotten, assume the worst. */
   r = 0;
-  if (g->failed >= target) {
-    err = g->failed_errno;
+  err = g->done - target < GCOMMIT_HISTORY
+    ? g->result[target % GCOMMIT_HISTORY] : EIO;
+  if (err != 0)
     r = -1;
-  }
   pthread_mutex_unlock (&g->lock);
   if (r == -1)
     errno = err;

@@ -9,8 +9,10 @@
  * caller has already started a newer one (which also covers it), leads the
  * next.  So N concurrent writers share about two syncs, not N.
  *
- * A failed sync fails every caller that it was meant to cover; later
- * callers try again.
+ * A failed sync fails every caller that it was meant to cover (the callers
+ * whose target it was), and only those: the result of each of the last
+ * GCOMMIT_HISTORY syncs is kept, so a caller that wakes late is not failed
+ * by a newer sync that covered others.  Later callers try again.
  */
 #ifndef NBDSNAP_GCOMMIT_H
 #define NBDSNAP_GCOMMIT_H
@@ -21,6 +23,8 @@
 
 typedef int (*gcommit_fn) (void *opaque);
 
+#define GCOMMIT_HISTORY 64
+
 struct gcommit {
   /* lock protects every field below; taken by gcommit_sync only, never
    * held across the sync itself. */
@@ -28,8 +32,9 @@ struct gcommit {
   pthread_cond_t cond;
   uint64_t started;             /* sequence of the last sync started */
   uint64_t done;                /* sequence of the last sync finished */
-  uint64_t failed;              /* sequence of the last sync that failed */
-  int failed_errno;
+  int result[GCOMMIT_HISTORY];  /* sync seq's errno (0 = it succeeded) is
+                                   result[seq % GCOMMIT_HISTORY] while
+                                   done - seq < GCOMMIT_HISTORY */
   bool running;
   uint64_t syncs;               /* statistics: syncs run */
   uint64_t sync_ns;             /* statistics: time spent in them */

@@ -51,7 +51,11 @@ struct nbdsnap_snap {
   /* Group commit of the store data and of the bitmap (power mode). */
   struct gcommit store_gc;
   struct gcommit bitmap_gc;
-  int dirty;                    /* atomic: copies not yet flushed */
+  /* Unsynced changes, both atomic: dirty is bumped after every change to
+   * the store or the bitmap; clean is the value of dirty that a finished
+   * sync of both is known to cover.  dirty == clean: nothing to flush. */
+  uint64_t dirty;
+  uint64_t clean;
 
   /* Counters, atomic. */
   uint64_t chunks_candidate;    /* fixed after create/open */

@@ -168,6 +168,16 @@ statedir_open (struct statedir *sd, const char *path,
 
   memset (sd, 0, sizeof *sd);
   sd->dirfd = sd->lockfd = -1;
+  /* Refuse a bad size before creating anything: a header written with it
+   * would be refused by every later open. */
+  if (chunk_size != 0
+      && (chunk_size < NBDSNAP_CHUNK_MIN || chunk_size > NBDSNAP_CHUNK_MAX
+          || (chunk_size & (chunk_size - 1)) != 0)) {
+    errno = EINVAL;
+    nbdsnap_error ("chunk-size=%" PRIu32 ": must be a power of two from 4K "
+                   "to 1M", chunk_size);
+    return -1;
+  }
   sd->path = strdup (path);
   if (sd->path == NULL) {
     nbdsnap_error ("strdup: %m");

@@ -49,7 +49,9 @@ extern int nbdsnap_origin_flush (struct nbdsnap_origin *o);
 extern int nbdsnap_origin_cache (struct nbdsnap_origin *o, uint32_t count,
                                  uint64_t offset);
 /* SEEK_DATA/SEEK_HOLE; correct at the image's end.  A block device, or a
- * filesystem without SEEK_DATA, is reported as all data. */
+ * filesystem without SEEK_DATA, is reported as all data.  fn returns 0 to
+ * go on, > 0 to stop (then this returns 0), < 0 for an error it has
+ * reported (then this returns -1). */
 extern int nbdsnap_origin_extents (struct nbdsnap_origin *o, uint64_t offset,
                                    uint64_t count, nbdsnap_extent_fn fn,
                                    void *opaque);

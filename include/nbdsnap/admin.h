@@ -1,0 +1,215 @@
+/* nbdsnap: the admin protocol (src/proto.c), spoken on the control socket
+ * between the plugin's admin loop (plugin/admin.c) and nbdsnapctl.
+ *
+ * Wire format (protocol version NBDSNAP_ADMIN_PROTOCOL):
+ *
+ *   Transport   A unix stream socket, mode 0600.  Only the uid running
+ *               nbdkit and root may connect (checked with SO_PEERCRED);
+ *               anyone else gets one "permission" error line and is closed.
+ *
+ *   Requests    One per line, terminated by "\n" (a "\r" before it is
+ *               dropped; a last line without "\n" before the client shuts
+ *               down its side is served too).  At most NBDSNAP_ADMIN_LINE_MAX
+ *               bytes including the "\n": a longer line gets a
+ *               "line-too-long" error and the connection is closed.  UTF-8,
+ *               no NUL and no control characters except tab.  Words are
+ *               separated by spaces or tabs; the first word is the command
+ *               (lower case), then the snapshot name, then keyword flags:
+ *
+ *                 hello
+ *                 create NAME [temporary]
+ *                 delete NAME [defer|force]
+ *                 list
+ *                 info NAME
+ *                 clients
+ *                 hold NAME
+ *                 release NAME
+ *                 changes NAME
+ *                 stats
+ *
+ *   Responses   Exactly one line per request, in request order (requests
+ *               may be pipelined), each one compact JSON object:
+ *
+ *                 {"ok":true, ...fields of the command...}
+ *                 {"ok":false,"error":KIND,"errno":"EBUSY","message":"..."}
+ *
+ *               KIND is one of the strings of enum proto_err below; "errno"
+ *               is the symbolic errno name (a decimal string if the server
+ *               has none).  The server also sends one unsolicited error line
+ *               just before it closes a connection on its own ("permission",
+ *               "limit", "line-too-long", "shutting-down").
+ *
+ * Success fields (SNAP is a snapshot object, see below):
+ *
+ *   hello    "protocol": N, "server": "nbdsnap", "version": "X.Y.Z",
+ *            "commands": [names], "conn": admin connection id
+ *   create   "snapshot": SNAP
+ *   delete   "name", "deferred": true if storage is freed only when the last
+ *            client disconnects, "revoked": handles revoked by force
+ *   list     "snapshots": [SNAP, ...] oldest first
+ *   info     "snapshot": SNAP
+ *   clients  "clients": [{"id", "export", "peer", "started", "bytes_read",
+ *            "bytes_written", "revoked"}, ...]
+ *   hold     "name", "holds": pins on it after the request (all connections)
+ *   release  "name", "holds"
+ *   changes  "name", "size" (image bytes), "chunk_size", "changed_bytes",
+ *            "extents": [{"offset", "length"}, ...] merged, in order
+ *   stats    server-wide counters (free-form numbers), plus "admin":
+ *            {"connections", "accepted", "refused", "requests", "errors",
+ *            "closed_slow"} added by the admin loop
+ *
+ *   SNAP     {"name", "id", "created" (RFC 3339 UTC), "state" ("live",
+ *            "deleting", "invalid"), "temporary", "clients", "holds",
+ *            "chunks_candidate", "chunks_copied", "store_bytes",
+ *            "max_store", ...}; readers must ignore fields they don't know.
+ *
+ * Ownership: holds and temporary snapshots belong to the admin connection
+ * that made them; when it closes, for any reason, its holds are released
+ * and its temporary snapshots deleted (deferred if clients still read them).
+ */
+#ifndef NBDSNAP_ADMIN_H
+#define NBDSNAP_ADMIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "nbdsnap/engine.h"
+
+#define NBDSNAP_ADMIN_PROTOCOL 1
+/* Longest request line, including its "\n". */
+#define NBDSNAP_ADMIN_LINE_MAX 4096
+/* Longest response line; a bigger one is replaced by a "too-large" error. */
+#define NBDSNAP_ADMIN_RESPONSE_MAX (64u * 1024u * 1024u)
+
+enum proto_cmd {
+  PROTO_CMD_HELLO = 0,
+  PROTO_CMD_CREATE,
+  PROTO_CMD_DELETE,
+  PROTO_CMD_LIST,
+  PROTO_CMD_INFO,
+  PROTO_CMD_CLIENTS,
+  PROTO_CMD_HOLD,
+  PROTO_CMD_RELEASE,
+  PROTO_CMD_CHANGES,
+  PROTO_CMD_STATS,
+  PROTO_CMD__COUNT
+};
+
+enum proto_delete_mode {
+  PROTO_DELETE_NOW = 0,         /* fail with busy if in use */
+  PROTO_DELETE_DEFER,           /* hide now, free after the last client */
+  PROTO_DELETE_FORCE,           /* revoke handles, drain, free */
+};
+
+/* Error kinds: wire string, default errno, nbdsnapctl exit status.
+ * The table in src/proto.c is the one place they are defined. */
+enum proto_err {
+  PROTO_ERR_NONE = 0,
+  PROTO_ERR_BAD_REQUEST,        /* "bad-request"    EINVAL     exit 2 */
+  PROTO_ERR_UNKNOWN_COMMAND,    /* "unknown-command" ENOSYS    exit 2 */
+  PROTO_ERR_LINE_TOO_LONG,      /* "line-too-long"  EMSGSIZE   exit 2 */
+  PROTO_ERR_INVALID_NAME,       /* "invalid-name"   EINVAL     exit 6 */
+  PROTO_ERR_NOT_FOUND,          /* "not-found"      ENOENT     exit 5 */
+  PROTO_ERR_NOT_HELD,           /* "not-held"       ENOENT     exit 5 */
+  PROTO_ERR_EXISTS,             /* "exists"         EEXIST     exit 7 */
+  PROTO_ERR_BUSY,               /* "busy"           EBUSY      exit 4 */
+  PROTO_ERR_READONLY,           /* "readonly"       EROFS      exit 1 */
+  PROTO_ERR_NO_SPACE,           /* "no-space"       ENOSPC     exit 1 */
+  PROTO_ERR_IO,                 /* "io"             EIO        exit 1 */
+  PROTO_ERR_PERMISSION,         /* "permission"     EACCES     exit 8 */
+  PROTO_ERR_LIMIT,              /* "limit"          EAGAIN     exit 1 */
+  PROTO_ERR_TOO_LARGE,          /* "too-large"      E2BIG      exit 1 */
+  PROTO_ERR_SHUTTING_DOWN,      /* "shutting-down"  ESHUTDOWN  exit 3 */
+  PROTO_ERR_INTERNAL,           /* "internal"       (any)      exit 1 */
+  PROTO_ERR__COUNT
+};
+
+/* What a valid snapshot name is, for messages (the rule itself is
+ * nbdsnap_name_valid ()). */
+#define NBDSNAP_NAME_RULE \
+  "names are 1-64 characters from [A-Za-z0-9._-], starting with a " \
+  "letter or digit"
+
+/* nbdsnapctl exit statuses (documented in nbdsnapctl(1)). */
+#define NBDSNAPCTL_EXIT_OK          0
+#define NBDSNAPCTL_EXIT_ERROR       1
+#define NBDSNAPCTL_EXIT_USAGE       2
+#define NBDSNAPCTL_EXIT_UNREACHABLE 3
+#define NBDSNAPCTL_EXIT_BUSY        4
+#define NBDSNAPCTL_EXIT_NOT_FOUND   5
+#define NBDSNAPCTL_EXIT_INVALID_NAME 6
+#define NBDSNAPCTL_EXIT_EXISTS      7
+#define NBDSNAPCTL_EXIT_PERMISSION  8
+
+/* One parsed request. */
+struct proto_request {
+  enum proto_cmd cmd;
+  char name[NBDSNAP_NAME_MAX + 1];  /* "" for commands without a name */
+  bool temporary;                   /* create */
+  enum proto_delete_mode mode;      /* delete */
+};
+
+/* Why a request line was refused: kind and a message for the client. */
+struct proto_parse_error {
+  enum proto_err kind;
+  char message[160];
+};
+
+/* Parse one request line of len bytes (without its "\n"; it need not be
+ * NUL-terminated and may contain NULs, which are refused).  Returns 0 and
+ * fills req, or -1 and fills perr.  Reports nothing else, except what
+ * nbdsnap_name_valid () reports for a bad name.
+ */
+extern int proto_parse (const char *line, size_t len,
+                        struct proto_request *req,
+                        struct proto_parse_error *perr);
+
+/* The wire name of a command ("create"), and back (-1 if unknown). */
+extern const char *proto_cmd_name (enum proto_cmd cmd);
+extern int proto_cmd_from_name (const char *name);
+
+/* The error table. */
+extern const char *proto_err_name (enum proto_err kind);
+extern int proto_err_from_name (const char *name);     /* -1 if unknown */
+extern int proto_err_errno (enum proto_err kind);
+extern int proto_err_exit_status (enum proto_err kind);
+/* The kind an errno from the engine most likely means (EBUSY -> busy). */
+extern enum proto_err proto_err_from_errno (int errnum);
+/* "EBUSY"; NULL if the table doesn't know it. */
+extern const char *proto_errno_name (int errnum);
+
+/* Responses.  Each returns a new reference (NULL only if out of memory).
+ * proto_error: errnum 0 means the kind's default errno.  The message is
+ * made valid UTF-8 (bad bytes become '?') and cut to 1 KiB.
+ * proto_error_errno: the kind is proto_err_from_errno (errnum).
+ */
+extern json_t *proto_ok (void);
+extern json_t *proto_error (enum proto_err kind, int errnum,
+                            const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+extern json_t *proto_error_errno (int errnum, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+extern json_t *proto_error_parse (const struct proto_parse_error *perr);
+/* The hello response for this server version. */
+extern json_t *proto_hello (const char *server_version, uint64_t conn);
+
+/* Serialise a response as one compact JSON line ending in "\n".  Returns a
+ * malloc'd string and its length, or NULL (errno ENOMEM, or E2BIG if longer
+ * than NBDSNAP_ADMIN_RESPONSE_MAX).
+ */
+extern char *proto_format (json_t *resp, size_t *len);
+
+/* Client side: parse one response line (without "\n").  Returns the object
+ * and sets *kind (PROTO_ERR_NONE if "ok" is true; PROTO_ERR_INTERNAL for an
+ * unknown kind), or NULL if the line is not a response object.
+ */
+extern json_t *proto_parse_response (const char *line, size_t len,
+                                     enum proto_err *kind);
+
+/* Is [s, s+len) valid UTF-8 (no overlongs, surrogates, > U+10FFFF)? */
+extern bool proto_utf8_valid (const char *s, size_t len);
+
+#endif /* NBDSNAP_ADMIN_H */

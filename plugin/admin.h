@@ -1,0 +1,111 @@
+/* nbdsnap: the admin loop (plugin/admin.c) and the operations it calls.
+ *
+ * The admin loop owns the control socket and every admin connection; it
+ * parses requests (src/proto.c) and calls one operation of the table below
+ * per request.  The table is implemented by the connection registry
+ * (plugin/registry.c), which owns what the operations act on.
+ *
+ * Life cycle, one call per nbdkit callback:
+ *
+ *   .get_ready   admin_set_ops (&ops); admin_bind (path)
+ *   .after_fork  admin_start ()
+ *   .cleanup     admin_stop ()      -- before the engine is closed: it calls
+ *                                      conn_closed for every connection
+ *
+ * Threads: every operation is called from the admin thread only, one at a
+ * time, never concurrently with another operation or with itself.  An
+ * operation may block briefly (create takes the engine's chain lock, which
+ * drains in-flight origin writes; delete may move chunks into an older
+ * snapshot): while it does, other admin clients wait, the NBD data path
+ * does not.  Operations must not call back into admin_*.
+ *
+ * Return values: each request operation returns a new reference to a
+ * response object: proto_ok () with its fields added (see the field list
+ * in include/nbdsnap/admin.h), or proto_error () / proto_error_errno ().
+ * NULL means out of memory and is answered with an "internal" error.
+ *
+ * conn is the admin connection's identity: unique for the life of the
+ * process, never 0, never reused.  Holds and temporary snapshots made
+ * through conn belong to it until conn_closed (conn).
+ */
+#ifndef NBDSNAP_PLUGIN_ADMIN_H
+#define NBDSNAP_PLUGIN_ADMIN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+#include "nbdsnap/admin.h"
+
+struct admin_ops {
+  /* A peer was accepted (its credentials are checked already).  Optional:
+   * lets "clients" list admin connections.  uid/pid from SO_PEERCRED. */
+  void (*conn_opened) (uint64_t conn, uid_t uid, pid_t pid);
+
+  /* Take a point-in-time snapshot.  temporary: it belongs to conn and is
+   * deleted when conn closes.  Errors: exists, invalid-name, readonly,
+   * no-space, io.  Success: "snapshot": SNAP. */
+  json_t *(*create) (uint64_t conn, const char *name, bool temporary);
+
+  /* Delete a snapshot (see enum proto_delete_mode).  Errors: not-found,
+   * busy (mode NOW while clients or holds exist), io.  Success: "name",
+   * "deferred", "revoked". */
+  json_t *(*delete) (uint64_t conn, const char *name,
+                     enum proto_delete_mode mode);
+
+  /* Every live snapshot, oldest first.  Success: "snapshots": [SNAP]. */
+  json_t *(*list) (uint64_t conn);
+
+  /* One snapshot, with everything known about it.  Errors: not-found.
+   * Success: "snapshot": SNAP. */
+  json_t *(*info) (uint64_t conn, const char *name);
+
+  /* Every NBD client connection (and, optionally, admin connections).
+   * Success: "clients": [...]. */
+  json_t *(*clients) (uint64_t conn);
+
+  /* Pin a snapshot for conn: delete without force fails with busy until
+   * released.  A connection may hold a snapshot more than once; each hold
+   * needs its release.  Errors: not-found.  Success: "name", "holds". */
+  json_t *(*hold) (uint64_t conn, const char *name);
+
+  /* Drop one of conn's holds on a snapshot.  Errors: not-found, not-held
+   * (conn holds none: holds of other connections are theirs).  Success:
+   * "name", "holds". */
+  json_t *(*release) (uint64_t conn, const char *name);
+
+  /* Origin extents changed since the snapshot was taken.  Errors:
+   * not-found, io (invalid snapshot).  Success: "name", "size",
+   * "chunk_size", "changed_bytes", "extents". */
+  json_t *(*changes) (uint64_t conn, const char *name);
+
+  /* Server-wide counters.  The admin loop adds its own under "admin". */
+  json_t *(*stats) (uint64_t conn);
+
+  /* conn has closed, for any reason (EOF, error, refused after being
+   * accepted, too slow, server shutdown): release its holds, delete its
+   * temporary snapshots (deferred if clients still read them).  Must not
+   * fail; report problems with nbdkit_error. */
+  void (*conn_closed) (uint64_t conn);
+};
+
+/* Install the operations.  Call before admin_start; ops must stay valid
+ * until admin_stop returns.  Missing operations answer "internal". */
+extern void admin_set_ops (const struct admin_ops *ops);
+
+/* Create the control socket at path (mode 0600), replacing a stale socket
+ * file that nobody listens on.  Returns 0, or -1 after nbdkit_error. */
+extern int admin_bind (const char *path);
+
+/* Start the admin thread.  Returns 0, or -1 after nbdkit_error.  A no-op
+ * (returning 0) if admin_bind was not called. */
+extern int admin_start (void);
+
+/* Stop the admin thread: wakes it with ev_async_send, waits for it to
+ * close every connection (calling conn_closed), then removes the socket
+ * file.  Safe to call if admin_bind or admin_start never ran or failed. */
+extern void admin_stop (void);
+
+#endif /* NBDSNAP_PLUGIN_ADMIN_H */

@@ -1,0 +1,76 @@
+/* nbdsnap: what the pieces of nbdsnapctl share.
+ *
+ *   nbdsnapctl.c    main, options, the command table
+ *   ctl-client.c    the admin connection: connect, request, response
+ *   ctl-print.c     human-readable output
+ *   ctl-session.c   commands that keep the connection open (run, hold,
+ *                   create --temporary) and the child command they run
+ *
+ * Convention: functions that can fail print one line on stderr
+ * ("nbdsnapctl: ...") and return an exit status (NBDSNAPCTL_EXIT_*, see
+ * include/nbdsnap/admin.h); 0 means success.  Nothing calls exit () except
+ * main and a forked child.
+ */
+#ifndef NBDSNAPCTL_H
+#define NBDSNAPCTL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "nbdsnap/admin.h"
+
+struct ctl {
+  const char *socket;           /* the admin socket's path */
+  bool json;                    /* --json: print the server's lines */
+  int fd;                       /* the admin connection, or -1 */
+  char *buf;                    /* bytes received, not yet consumed */
+  size_t buflen, bufcap;
+  char *line;                   /* the last response line, NUL-ended */
+  bool quiet;                   /* ctl_call: don't report server errors */
+};
+
+/* ctl-client.c */
+extern void ctl_msg (const char *fmt, ...)
+  __attribute__ ((format (printf, 1, 2)));
+extern int ctl_usage (const char *fmt, ...)
+  __attribute__ ((format (printf, 1, 2)));
+extern int ctl_connect (struct ctl *c);
+extern void ctl_close (struct ctl *c);
+/* Check a request line locally (the same parser as the server), send it,
+ * read the response.  On success *resp is the response (caller decrefs).
+ * Errors from the server are reported with their exit status; with
+ * --json the error line is printed on stdout too. */
+extern int ctl_call (struct ctl *c, const char *line, json_t **resp);
+/* Read one line sent by the server; 0, or -1 on EOF/error (errno). */
+extern int ctl_read_line (struct ctl *c);
+
+/* ctl-print.c */
+extern void ctl_print_value (FILE *fp, json_t *v);
+extern void ctl_print_flat (const char *prefix, json_t *obj);
+extern void ctl_print_list (json_t *resp);
+extern void ctl_print_clients (json_t *resp);
+extern void ctl_print_changes (json_t *resp);
+extern const char *ctl_human_size (json_t *v, char *buf, size_t len);
+
+/* ctl-session.c */
+struct ctl_session {
+  const char *name;             /* the snapshot */
+  char **argv;                  /* the command, or NULL: wait */
+  const char *uri_base;         /* --uri-base, or NULL */
+  const char *nbd_socket;       /* --nbd-socket / $NBDSNAP_NBD_SOCKET */
+  char *uri;                    /* NBDSNAP_URI (ctl_export_uri), or NULL */
+  char undo[NBDSNAP_ADMIN_LINE_MAX]; /* request that ends it: "release N" */
+};
+/* After a successful create-temporary or hold: run the command (or wait
+ * for a signal or stdin EOF) while the connection stays open, then undo.
+ * Returns the command's exit status (128+N if killed by signal N). */
+extern int ctl_session_run (struct ctl *c, const struct ctl_session *s);
+/* NBDSNAP_URI for s->name from s->uri_base or s->nbd_socket, or NULL:
+ * with *status set after a message if the base is not a usable URI, with
+ * *status 0 if nothing says where the NBD server is.  Caller frees. */
+extern char *ctl_export_uri (const struct ctl_session *s, int *status);
+
+#endif /* NBDSNAPCTL_H */

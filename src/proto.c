@@ -1,0 +1,526 @@
+/* nbdsnap: the admin protocol: request parsing, response building, and the
+ * table of error kinds (see include/nbdsnap/admin.h for the wire format).
+ *
+ * Notes on the design:
+ *
+ * - No nbdkit and no libev here: the plugin's admin loop, nbdsnapctl, the
+ *   Check suite and the fuzzer all link this file.  It keeps no state and
+ *   takes no locks, so the admin thread may call it freely.
+ *
+ * - The parser never trusts the line: it is given a length, not a C
+ *   string, and refuses NULs, invalid UTF-8 and control characters before
+ *   it splits words, so that nothing after it (names, messages, logs) can
+ *   see a byte the protocol does not allow.  Names are checked with the
+ *   engine's own nbdsnap_name_valid (), so the protocol and the engine can
+ *   never disagree about what a name is.
+ *
+ * - The error table below is the single definition of each kind's wire
+ *   string, default errno and nbdsnapctl exit status.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbdsnap/admin.h"
+#include "nbdsnap/engine.h"
+
+/* Longest word quoted back in an error message. */
+#define QUOTE_MAX 32
+/* Longest error message sent in a response. */
+#define MESSAGE_MAX 1024
+
+static const struct {
+  const char *name;
+  bool takes_name;
+  const char *flags[3];             /* allowed keyword flags, NULL-ended */
+} commands[PROTO_CMD__COUNT] = {
+  [PROTO_CMD_HELLO]   = { "hello",   false, { NULL } },
+  [PROTO_CMD_CREATE]  = { "create",  true,  { "temporary", NULL } },
+  [PROTO_CMD_DELETE]  = { "delete",  true,  { "defer", "force", NULL } },
+  [PROTO_CMD_LIST]    = { "list",    false, { NULL } },
+  [PROTO_CMD_INFO]    = { "info",    true,  { NULL } },
+  [PROTO_CMD_CLIENTS] = { "clients", false, { NULL } },
+  [PROTO_CMD_HOLD]    = { "hold",    true,  { NULL } },
+  [PROTO_CMD_RELEASE] = { "release", true,  { NULL } },
+  [PROTO_CMD_CHANGES] = { "changes", true,  { NULL } },
+  [PROTO_CMD_STATS]   = { "stats",   false, { NULL } },
+};
+
+static const struct {
+  const char *name;
+  int errnum;
+  int exit_status;
+} errors[PROTO_ERR__COUNT] = {
+  [PROTO_ERR_NONE]            = { "none", 0, NBDSNAPCTL_EXIT_OK },
+  [PROTO_ERR_BAD_REQUEST]     = { "bad-request", EINVAL,
+                                  NBDSNAPCTL_EXIT_USAGE },
+  [PROTO_ERR_UNKNOWN_COMMAND] = { "unknown-command", ENOSYS,
+                                  NBDSNAPCTL_EXIT_USAGE },
+  [PROTO_ERR_LINE_TOO_LONG]   = { "line-too-long", EMSGSIZE,
+                                  NBDSNAPCTL_EXIT_USAGE },
+  [PROTO_ERR_INVALID_NAME]    = { "invalid-name", EINVAL,
+                                  NBDSNAPCTL_EXIT_INVALID_NAME },
+  [PROTO_ERR_NOT_FOUND]       = { "not-found", ENOENT,
+                                  NBDSNAPCTL_EXIT_NOT_FOUND },
+  [PROTO_ERR_NOT_HELD]        = { "not-held", ENOENT,
+                                  NBDSNAPCTL_EXIT_NOT_FOUND },
+  [PROTO_ERR_EXISTS]          = { "exists", EEXIST, NBDSNAPCTL_EXIT_EXISTS },
+  [PROTO_ERR_BUSY]            = { "busy", EBUSY, NBDSNAPCTL_EXIT_BUSY },
+  [PROTO_ERR_READONLY]        = { "readonly", EROFS, NBDSNAPCTL_EXIT_ERROR },
+  [PROTO_ERR_NO_SPACE]        = { "no-space", ENOSPC, NBDSNAPCTL_EXIT_ERROR },
+  [PROTO_ERR_IO]              = { "io", EIO, NBDSNAPCTL_EXIT_ERROR },
+  [PROTO_ERR_PERMISSION]      = { "permission", EACCES,
+                                  NBDSNAPCTL_EXIT_PERMISSION },
+  [PROTO_ERR_LIMIT]           = { "limit", EAGAIN, NBDSNAPCTL_EXIT_ERROR },
+  [PROTO_ERR_TOO_LARGE]       = { "too-large", E2BIG, NBDSNAPCTL_EXIT_ERROR },
+  [PROTO_ERR_SHUTTING_DOWN]   = { "shutting-down", ESHUTDOWN,
+                                  NBDSNAPCTL_EXIT_UNREACHABLE },
+  [PROTO_ERR_INTERNAL]        = { "internal", EIO, NBDSNAPCTL_EXIT_ERROR },
+};
+
+/* The errnos the engine and the plugin use, by name. */
+#define E(x) { x, #x }
+static const struct {
+  int errnum;
+  const char *name;
+} errno_names[] = {
+  E (EPERM), E (ENOENT), E (EINTR), E (EIO), E (ENXIO), E (E2BIG),
+  E (EBADF), E (EAGAIN), E (ENOMEM), E (EACCES), E (EFAULT), E (EBUSY),
+  E (EEXIST), E (ENODEV), E (EINVAL), E (ENFILE), E (EMFILE), E (EFBIG),
+  E (ENOSPC), E (ESPIPE), E (EROFS), E (EPIPE), E (ERANGE), E (ENAMETOOLONG),
+  E (ENOSYS), E (EOVERFLOW), E (EILSEQ), E (EBADMSG), E (EMSGSIZE),
+  E (ENOTSUP), E (ECONNRESET), E (ESHUTDOWN), E (ETIMEDOUT), E (EDQUOT),
+  E (ESTALE), E (ECANCELED),
+};
+#undef E
+
+const char *
+proto_cmd_name (enum proto_cmd cmd)
+{
+  if ((unsigned) cmd >= PROTO_CMD__COUNT)
+    return NULL;
+  return commands[cmd].name;
+}
+
+int
+proto_cmd_from_name (const char *name)
+{
+  for (int i = 0; i < PROTO_CMD__COUNT; ++i)
+    if (strcmp (commands[i].name, name) == 0)
+      return i;
+  return -1;
+}
+
+const char *
+proto_err_name (enum proto_err kind)
+{
+  if ((unsigned) kind >= PROTO_ERR__COUNT)
+    kind = PROTO_ERR_INTERNAL;
+  return errors[kind].name;
+}
+
+int
+proto_err_from_name (const char *name)
+{
+  for (int i = 0; i < PROTO_ERR__COUNT; ++i)
+    if (strcmp (errors[i].name, name) == 0)
+      return i;
+  return -1;
+}
+
+int
+proto_err_errno (enum proto_err kind)
+{
+  if ((unsigned) kind >= PROTO_ERR__COUNT)
+    kind = PROTO_ERR_INTERNAL;
+  return errors[kind].errnum;
+}
+
+int
+proto_err_exit_status (enum proto_err kind)
+{
+  if ((unsigned) kind >= PROTO_ERR__COUNT)
+    kind = PROTO_ERR_INTERNAL;
+  return errors[kind].exit_status;
+}
+
+enum proto_err
+proto_err_from_errno (int errnum)
+{
+  switch (errnum) {
+  case 0:            return PROTO_ERR_NONE;
+  case EINVAL:       return PROTO_ERR_BAD_REQUEST;
+  case ENOSYS:       return PROTO_ERR_UNKNOWN_COMMAND;
+  case ENOENT:       return PROTO_ERR_NOT_FOUND;
+  case EEXIST:       return PROTO_ERR_EXISTS;
+  case EBUSY:        return PROTO_ERR_BUSY;
+  case EROFS:        return PROTO_ERR_READONLY;
+  case ENOSPC:
+  case EDQUOT:
+  case EFBIG:        return PROTO_ERR_NO_SPACE;
+  case EIO:          return PROTO_ERR_IO;
+  case EACCES:
+  case EPERM:        return PROTO_ERR_PERMISSION;
+  case EAGAIN:
+  case EMFILE:
+  case ENFILE:       return PROTO_ERR_LIMIT;
+  case E2BIG:
+  case EMSGSIZE:     return PROTO_ERR_TOO_LARGE;
+  case ESHUTDOWN:    return PROTO_ERR_SHUTTING_DOWN;
+  default:           return PROTO_ERR_INTERNAL;
+  }
+}
+
+const char *
+proto_errno_name (int errnum)
+{
+  for (size_t i = 0; i < sizeof errno_names / sizeof errno_names[0]; ++i)
+    if (errno_names[i].errnum == errnum)
+      return errno_names[i].name;
+  return NULL;
+}
+
+/* Length of the valid UTF-8 sequence at s (1-4), or 0 if invalid. */
+static size_t
+utf8_seq (const unsigned char *s, size_t len)
+{
+  uint32_t cp;
+  size_t n;
+
+  if (s[0] < 0x80)
+    return 1;
+  else if (s[0] >= 0xc2 && s[0] <= 0xdf)
+    n = 2, cp = s[0] & 0x1f;
+  else if (s[0] >= 0xe0 && s[0] <= 0xef)
+    n = 3, cp = s[0] & 0x0f;
+  else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+    n = 4, cp = s[0] & 0x07;
+  else
+    return 0;                   /* continuation byte, 0xc0/0xc1, > 0xf4 */
+  if (len < n)
+    return 0;
+  for (size_t i = 1; i < n; ++i) {
+    if ((s[i] & 0xc0) != 0x80)
+      return 0;
+    cp = (cp << 6) | (s[i] & 0x3f);
+  }
+  if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) /* overlong */
+      || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+    return 0;
+  return n;
+}
+
+bool
+proto_utf8_valid (const char *s, size_t len)
+{
+  const unsigned char *p = (const unsigned char *) s;
+
+  while (len > 0) {
+    size_t n = utf8_seq (p, len);
+    if (n == 0)
+      return false;
+    p += n;
+    len -= n;
+  }
+  return true;
+}
+
+static int
+parse_fail (struct proto_parse_error *perr, enum proto_err kind,
+            const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+static int
+parse_fail (struct proto_parse_error *perr, enum proto_err kind,
+            const char *fmt, ...)
+{
+  va_list args;
+
+  perr->kind = kind;
+  va_start (args, fmt);
+  vsnprintf (perr->message, sizeof perr->message, fmt, args);
+  va_end (args);
+  return -1;
+}
+
+/* How many bytes of a word to quote back: at most QUOTE_MAX, never
+ * cutting a UTF-8 sequence (the line was checked to be valid UTF-8). */
+static int
+quote_len (const char *w, size_t len)
+{
+  if (len <= QUOTE_MAX)
+    return (int) len;
+  len = QUOTE_MAX;
+  while (len > 0 && ((unsigned char) w[len] & 0xc0) == 0x80)
+    len--;
+  return (int) len;
+}
+
+#define WORDS_MAX 4             /* command, name, flag, and one too many */
+
+int
+proto_parse (const char *line, size_t len, struct proto_request *req,
+             struct proto_parse_error *perr)
+{
+  const char *word[WORDS_MAX];
+  size_t wlen[WORDS_MAX];
+  size_t nwords = 0, i;
+  int cmd;
+
+  memset (req, 0, sizeof *req);
+  memset (perr, 0, sizeof *perr);
+
+  if (len > 0 && line[len - 1] == '\r')
+    len--;
+  if (len >= NBDSNAP_ADMIN_LINE_MAX)
+    return parse_fail (perr, PROTO_ERR_LINE_TOO_LONG,
+                       "request longer than %d bytes",
+                       NBDSNAP_ADMIN_LINE_MAX - 1);
+  if (memchr (line, '\0', len) != NULL)
+    return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                       "request contains a NUL byte");
+  if (!proto_utf8_valid (line, len))
+    return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                       "request is not valid UTF-8");
+  for (i = 0; i < len; ++i) {
+    unsigned char c = line[i];
+    if ((c < 0x20 && c != '\t') || c == 0x7f)
+      return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                         "request contains control character 0x%02x", c);
+  }
+
+  /* Split into words; count them all, keep the first WORDS_MAX. */
+  for (i = 0; i < len;) {
+    size_t start;
+
+    while (i < len && (line[i] == ' ' || line[i] == '\t'))
+      i++;
+    if (i == len)
+      break;
+    start = i;
+    while (i < len && line[i] != ' ' && line[i] != '\t')
+      i++;
+    if (nwords < WORDS_MAX) {
+      word[nwords] = &line[start];
+      wlen[nwords] = i - start;
+    }
+    nwords++;
+  }
+  if (nwords == 0)
+    return parse_fail (perr, PROTO_ERR_BAD_REQUEST, "empty request");
+
+  for (cmd = 0; cmd < PROTO_CMD__COUNT; ++cmd)
+    if (strlen (commands[cmd].name) == wlen[0]
+        && memcmp (commands[cmd].name, word[0], wlen[0]) == 0)
+      break;
+  if (cmd == PROTO_CMD__COUNT)
+    return parse_fail (perr, PROTO_ERR_UNKNOWN_COMMAND,
+                       "unknown command '%.*s'",
+                       quote_len (word[0], wlen[0]), word[0]);
+  req->cmd = cmd;
+
+  if (!commands[cmd].takes_name) {
+    if (nwords > 1)
+      return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                         "%s: takes no arguments", commands[cmd].name);
+    return 0;
+  }
+
+  if (nwords < 2)
+    return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                       "%s: missing snapshot name", commands[cmd].name);
+  if (nwords > (commands[cmd].flags[0] ? 3u : 2u))
+    return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                       "%s: too many arguments", commands[cmd].name);
+
+  /* The name: length first, so that it fits, then the engine's rule. */
+  if (wlen[1] > NBDSNAP_NAME_MAX)
+    return parse_fail (perr, PROTO_ERR_INVALID_NAME,
+                       "invalid snapshot name '%.*s...': longer than %d "
+                       "characters",
+                       quote_len (word[1], wlen[1]), word[1],
+                       NBDSNAP_NAME_MAX);
+  memcpy (req->name, word[1], wlen[1]);
+  req->name[wlen[1]] = '\0';
+  if (nbdsnap_name_valid (req->name) == -1)
+    return parse_fail (perr, PROTO_ERR_INVALID_NAME,
+                       "invalid snapshot name '%s': " NBDSNAP_NAME_RULE,
+                       req->name);
+
+  if (nwords == 3) {
+    const char *const *f = commands[cmd].flags;
+    size_t k;
+
+    for (k = 0; f[k] != NULL; ++k)
+      if (strlen (f[k]) == wlen[2] && memcmp (f[k], word[2], wlen[2]) == 0)
+        break;
+    if (f[k] == NULL)
+      return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                         "%s: unknown flag '%.*s' (expected %s%s%s)",
+                         commands[cmd].name,
+                         quote_len (word[2], wlen[2]), word[2], f[0],
+                         f[1] ? " or " : "", f[1] ? f[1] : "");
+    if (cmd == PROTO_CMD_CREATE)
+      req->temporary = true;
+    else if (cmd == PROTO_CMD_DELETE)
+      req->mode = k == 0 ? PROTO_DELETE_DEFER : PROTO_DELETE_FORCE;
+  }
+  return 0;
+}
+
+json_t *
+proto_ok (void)
+{
+  return json_pack ("{s:b}", "ok", 1);
+}
+
+/* Copy src into dst (size dstlen > 0) replacing bytes that are not valid
+ * UTF-8 with '?', so that jansson accepts it. */
+static void
+utf8_sanitise (char *dst, size_t dstlen, const char *src)
+{
+  const unsigned char *p = (const unsigned char *) src;
+  size_t len = strlen (src), o = 0;
+
+  while (len > 0) {
+    size_t n = utf8_seq (p, len);
+    if (n == 0) {
+      if (o + 1 >= dstlen)
+        break;
+      dst[o++] = '?';
+      p++, len--;
+      continue;
+    }
+    if (o + n >= dstlen)
+      break;
+    memcpy (&dst[o], p, n);
+    o += n, p += n, len -= n;
+  }
+  dst[o] = '\0';
+}
+
+static json_t *
+verror (enum proto_err kind, int errnum, const char *fmt, va_list args)
+{
+  char raw[MESSAGE_MAX], msg[MESSAGE_MAX], num[16];
+  const char *ename;
+
+  if ((unsigned) kind >= PROTO_ERR__COUNT || kind == PROTO_ERR_NONE)
+    kind = PROTO_ERR_INTERNAL;
+  if (errnum == 0)
+    errnum = errors[kind].errnum;
+  ename = proto_errno_name (errnum);
+  if (ename == NULL) {
+    snprintf (num, sizeof num, "%d", errnum);
+    ename = num;
+  }
+  vsnprintf (raw, sizeof raw, fmt, args);
+  utf8_sanitise (msg, sizeof msg, raw);
+  return json_pack ("{s:b,s:s,s:s,s:s}", "ok", 0, "error",
+                    errors[kind].name, "errno", ename, "message", msg);
+}
+
+json_t *
+proto_error (enum proto_err kind, int errnum, const char *fmt, ...)
+{
+  va_list args;
+  json_t *r;
+
+  va_start (args, fmt);
+  r = verror (kind, errnum, fmt, args);
+  va_end (args);
+  return r;
+}
+
+json_t *
+proto_error_errno (int errnum, const char *fmt, ...)
+{
+  va_list args;
+  json_t *r;
+
+  va_start (args, fmt);
+  r = verror (proto_err_from_errno (errnum), errnum, fmt, args);
+  va_end (args);
+  return r;
+}
+
+json_t *
+proto_error_parse (const struct proto_parse_error *perr)
+{
+  return proto_error (perr->kind, 0, "%s", perr->message);
+}
+
+json_t *
+proto_hello (const char *server_version, uint64_t conn)
+{
+  json_t *r, *cmds;
+
+  cmds = json_array ();
+  if (cmds == NULL)
+    return NULL;
+  for (int i = 0; i < PROTO_CMD__COUNT; ++i)
+    json_array_append_new (cmds, json_string (commands[i].name));
+  r = json_pack ("{s:b,s:i,s:s,s:s,s:o,s:I}", "ok", 1,
+                 "protocol", NBDSNAP_ADMIN_PROTOCOL, "server", "nbdsnap",
+                 "version", server_version, "commands", cmds,
+                 "conn", (json_int_t) conn);
+  return r;                     /* "o" stole cmds, even on failure */
+}
+
+char *
+proto_format (json_t *resp, size_t *len)
+{
+  char *s, *t;
+  size_t n;
+
+  s = json_dumps (resp, JSON_COMPACT);
+  if (s == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  n = strlen (s);
+  if (n + 1 > NBDSNAP_ADMIN_RESPONSE_MAX) {
+    free (s);
+    errno = E2BIG;
+    return NULL;
+  }
+  t = realloc (s, n + 2);
+  if (t == NULL) {
+    free (s);
+    errno = ENOMEM;
+    return NULL;
+  }
+  t[n] = '\n';
+  t[n + 1] = '\0';
+  *len = n + 1;
+  return t;
+}
+
+json_t *
+proto_parse_response (const char *line, size_t len, enum proto_err *kind)
+{
+  json_error_t jerr;
+  json_t *r, *ok, *e;
+  int k;
+
+  r = json_loadb (line, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (r == NULL)
+    return NULL;
+  ok = json_object_get (r, "ok");
+  if (!json_is_object (r) || !json_is_boolean (ok)) {
+    json_decref (r);
+    return NULL;
+  }
+  if (json_is_true (ok)) {
+    *kind = PROTO_ERR_NONE;
+    return r;
+  }
+  e = json_object_get (r, "error");
+  k = json_is_string (e) ? proto_err_from_name (json_string_value (e)) : -1;
+  *kind = k <= PROTO_ERR_NONE ? PROTO_ERR_INTERNAL : (enum proto_err) k;
+  return r;
+}

@@ -1,0 +1,201 @@
+/* nbdsnap: small helpers shared by the engine's Check suites
+ * (check_bitmap, check_gcommit, check_statedir, check_engine, check_model,
+ * check_stress, check_crash).  Header only: every function is static.
+ *
+ * - a temporary directory per test, removed at teardown, inside one
+ *   directory per run under $TMPDIR, removed by main () at the end (a
+ *   failed test skips its teardown);
+ * - an error handler that keeps the last engine message (so tests can
+ *   assert what a message says) and echoes it to stderr;
+ * - a deterministic byte pattern (pattern_fill) so that expected bytes can
+ *   be recomputed from a seed instead of stored;
+ * - image creation (sparse or filled) and whole-file helpers.
+ */
+#ifndef NBDSNAP_UNIT_HELPERS_H
+#define NBDSNAP_UNIT_HELPERS_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <check.h>
+
+#include "nbdsnap/err.h"
+
+#define KiB 1024u
+#define MiB (1024u * 1024u)
+
+static char tmpdir[256];
+static char last_error[1024];
+static int quiet_errors;        /* don't echo engine errors to stderr */
+
+static inline void
+capture_error (const char *fmt, va_list args)
+{
+  vsnprintf (last_error, sizeof last_error, fmt, args);
+  if (!quiet_errors)
+    fprintf (stderr, "nbdsnap: error: %s\n", last_error);
+}
+
+/* The whole run's directory, made by main () before the tests fork and
+ * removed after they ran: a failed assertion ends a forked test with
+ * _exit (), skipping its teardown, and its directory goes with this. */
+static char basedir[128];
+
+static inline void
+helpers_tmpdir_make (const char *tag)
+{
+  const char *t = getenv ("TMPDIR");
+
+  snprintf (tmpdir, sizeof tmpdir, "%s/%s.XXXXXX",
+            basedir[0] ? basedir : t && *t ? t : "/tmp", tag);
+  ck_assert_ptr_nonnull (mkdtemp (tmpdir));
+  last_error[0] = '\0';
+  nbdsnap_set_log_handlers (capture_error, NULL);
+}
+
+static inline int
+rm_one (const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+  return remove (p);
+}
+
+static inline void
+helpers_tmpdir_remove (void)
+{
+  if (tmpdir[0])
+    nftw (tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  tmpdir[0] = '\0';
+}
+
+/* In main (): around srunner_run_all. */
+static inline void
+helpers_run_begin (const char *tag)
+{
+  const char *t = getenv ("TMPDIR");
+
+  snprintf (basedir, sizeof basedir, "%s/%s.XXXXXX", t && *t ? t : "/tmp",
+            tag);
+  if (mkdtemp (basedir) == NULL) {
+    perror (basedir);
+    exit (EXIT_FAILURE);
+  }
+}
+
+static inline void
+helpers_run_end (void)
+{
+  nftw (basedir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* tmpdir/name into buf. */
+static inline const char *
+tpath (char *buf, size_t n, const char *name)
+{
+  snprintf (buf, n, "%s/%s", tmpdir, name);
+  return buf;
+}
+
+/* Deterministic pseudo-random bytes: splitmix64 of (seed, position). */
+static inline uint64_t
+splitmix64 (uint64_t *x)
+{
+  uint64_t z = (*x += UINT64_C (0x9e3779b97f4a7c15));
+  z = (z ^ (z >> 30)) * UINT64_C (0xbf58476d1ce4e5b9);
+  z = (z ^ (z >> 27)) * UINT64_C (0x94d049bb133111eb);
+  return z ^ (z >> 31);
+}
+
+/* Bytes of "pattern seed" for image offsets [off, off+len): byte at image
+ * offset o depends only on (seed, o), so a sub-range can be recomputed. */
+static inline void
+pattern_fill (void *vbuf, size_t len, uint64_t seed, uint64_t off)
+{
+  unsigned char *buf = vbuf;
+  size_t i = 0;
+
+  while (i < len) {
+    uint64_t word_off = (off + i) & ~UINT64_C (7);
+    uint64_t x = seed * UINT64_C (0x100000001b3) ^ word_off;
+    uint64_t v = splitmix64 (&x);
+    unsigned k = (off + i) & 7;
+    for (; k < 8 && i < len; ++k, ++i)
+      buf[i] = (unsigned char) (v >> (8 * k)) | 1;  /* never zero */
+  }
+}
+
+/* Create path with size bytes: sparse if seed == 0, else pattern seed. */
+static inline void
+make_image (const char *path, uint64_t size, uint64_t seed)
+{
+  int fd = open (path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  static char buf[256 * 1024];
+
+  ck_assert_msg (fd >= 0, "create %s: %s", path, strerror (errno));
+  ck_assert_int_eq (ftruncate (fd, size), 0);
+  for (uint64_t off = 0; seed && off < size; off += sizeof buf) {
+    size_t n = size - off < sizeof buf ? size - off : sizeof buf;
+    pattern_fill (buf, n, seed, off);
+    ck_assert_int_eq (pwrite (fd, buf, n, off), (ssize_t) n);
+  }
+  close (fd);
+}
+
+/* Whole file into a malloc'd buffer of size bytes (zeros past EOF). */
+static inline unsigned char *
+slurp (const char *path, uint64_t size)
+{
+  unsigned char *buf = calloc (1, size ? size : 1);
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  ssize_t n;
+
+  ck_assert_ptr_nonnull (buf);
+  ck_assert_msg (fd >= 0, "open %s: %s", path, strerror (errno));
+  n = pread (fd, buf, size, 0);
+  ck_assert_int_ge (n, 0);
+  close (fd);
+  return buf;
+}
+
+static inline int
+file_exists (const char *path)
+{
+  struct stat st;
+  return stat (path, &st) == 0;
+}
+
+static inline double
+now_s (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Index of the first differing byte, or -1. */
+static inline ssize_t
+first_diff (const void *a, const void *b, size_t n)
+{
+  const unsigned char *x = a, *y = b;
+  size_t i;
+
+  if (memcmp (a, b, n) == 0)
+    return -1;
+  for (i = 0; i < n; ++i)
+    if (x[i] != y[i])
+      return (ssize_t) i;
+  return -1;
+}
+
+#endif /* NBDSNAP_UNIT_HELPERS_H */
