@@ -8,9 +8,10 @@
  * writes and snapshot reads drain first, so a snapshot is taken at one
  * instant and is never freed under a reader.
  *
- * Create: flush the origin; create the bitmap (sparse) and fill the
- * candidate bits from SEEK_DATA/SEEK_HOLE on the origin (cost follows the
- * number of data extents, not the image size); create the sparse store;
+ * Create: flush the origin (once before draining, once after); create the
+ * bitmap (sparse) and fill the candidate bits from SEEK_DATA/SEEK_HOLE on
+ * the origin (cost follows the number of data extents, not the image
+ * size); create the sparse store;
  * fsync both; then write the meta file (atomic rename + directory fsync):
  * the snapshot exists from that moment.
  *
@@ -39,30 +40,34 @@
 #include "nbdsnap/err.h"
 #include "engine-internal.h"
 
-int
-nbdsnap_name_valid (const char *name)
+bool
+nbdsnap_name_ok (const char *name)
 {
   size_t i, len = strlen (name);
 
-  if (len == 0 || len > NBDSNAP_NAME_MAX) {
-    errno = EINVAL;
-    nbdsnap_error ("invalid snapshot name \"%.80s\": must be 1 to %d "
-                   "characters", name, NBDSNAP_NAME_MAX);
-    return -1;
-  }
+  if (len == 0 || len > NBDSNAP_NAME_MAX)
+    return false;
   for (i = 0; i < len; ++i) {
     unsigned char ch = name[i];
     if (isascii (ch) && isalnum (ch))
       continue;
     if (i > 0 && (ch == '.' || ch == '_' || ch == '-'))
       continue;
-    errno = EINVAL;
-    nbdsnap_error ("invalid snapshot name \"%.80s\": use letters, digits, "
-                   "'.', '_' and '-', starting with a letter or digit",
-                   name);
-    return -1;
+    return false;
   }
-  return 0;
+  return true;
+}
+
+int
+nbdsnap_name_valid (const char *name)
+{
+  if (nbdsnap_name_ok (name))
+    return 0;
+  errno = EINVAL;
+  nbdsnap_error ("invalid snapshot name \"%.80s\": 1 to %d letters, "
+                 "digits, '.', '_' and '-', starting with a letter or digit",
+                 name, NBDSNAP_NAME_MAX);
+  return -1;
 }
 
 uint32_t
@@ -130,15 +135,20 @@ open_store (struct nbdsnap_engine *e, struct nbdsnap_snap *s, bool create)
   return 0;
 }
 
-/* Set candidate bits for every chunk that holds data in the origin. */
+/* Set candidate bits for every chunk that holds data in the origin, and
+ * count them: the cost follows the number of data extents, and the
+ * untouched parts of the (sparse) bitmap are never read. */
 static int
 fill_candidates (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
 {
   int fd = e->origin->fd;
   off_t data, hole = 0;
+  uint64_t prev_last = UINT64_MAX;
 
+  s->chunks_candidate = 0;
   if (e->origin->is_blockdev) {
     bitmap_set_range (s->bm.candidate, 0, e->nchunks);
+    s->chunks_candidate = e->nchunks;
     return 0;
   }
   while ((uint64_t) hole < e->size) {
@@ -149,6 +159,7 @@ fill_candidates (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
       if (errno == EINVAL || errno == EOPNOTSUPP) {
         /* No SEEK_DATA here: everything is a candidate. */
         bitmap_set_range (s->bm.candidate, 0, e->nchunks);
+        s->chunks_candidate = e->nchunks;
         return 0;
       }
       nbdsnap_error ("lseek SEEK_DATA %s: %m", e->origin->path);
@@ -167,6 +178,9 @@ fill_candidates (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
       uint64_t first = (uint64_t) data >> e->chunk_shift;
       uint64_t last = ((uint64_t) hole - 1) >> e->chunk_shift;
       bitmap_set_range (s->bm.candidate, first, last - first + 1);
+      /* Extents are in order; two may share a chunk. */
+      s->chunks_candidate += last - first + 1 - (first == prev_last);
+      prev_last = last;
     }
   }
   return 0;
@@ -192,6 +206,11 @@ nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
   bool files = false;
 
   if (nbdsnap_name_valid (name) == -1)
+    return NULL;
+
+  /* Flush once before draining writes, so that the flush under the lock
+   * (which stalls the origin) has little left to do. */
+  if (nbdsnap_origin_flush (e->origin) == -1)
     return NULL;
 
   pthread_rwlock_wrlock (&e->chain_lock);
@@ -227,7 +246,6 @@ nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
   if (snap_write_meta (&e->sd, s) == -1)
     goto err;
 
-  s->chunks_candidate = bitmap_count (s->bm.candidate, NULL, s->bm.nwords);
   e->next_id++;
   chain_append (e, s);
   pthread_rwlock_unlock (&e->chain_lock);

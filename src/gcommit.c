@@ -14,6 +14,8 @@ gcommit_init (struct gcommit *g)
   pthread_cond_init (&g->cond, NULL);
   g->started = g->done = 0;
   memset (g->result, 0, sizeof g->result);
+  g->last_failed = 0;
+  g->last_failed_errno = 0;
   g->running = false;
   g->syncs = g->sync_ns = 0;
 }
@@ -63,14 +65,21 @@ gcommit_sync (struct gcommit *g, gcommit_fn fn, void *opaque)
     g->syncs++;
     g->sync_ns += t1 - t0;
     g->result[seq % GCOMMIT_HISTORY] = r == -1 ? (err ? err : EIO) : 0;
+    if (r == -1) {
+      g->last_failed = seq;
+      g->last_failed_errno = err ? err : EIO;
+    }
     pthread_cond_broadcast (&g->cond);
   }
   /* Our sync is the one numbered target: the first to start after we
    * took the lock.  If we slept through so many syncs that its result is
-   * forgotten, assume the worst. */
+   * forgotten, fail only if some sync since then failed (a busy server
+   * preempts waiters for that long; that is no reason to invalidate). */
   r = 0;
-  err = g->done - target < GCOMMIT_HISTORY
-    ? g->result[target % GCOMMIT_HISTORY] : EIO;
+  if (g->done - target < GCOMMIT_HISTORY)
+    err = g->result[target % GCOMMIT_HISTORY];
+  else
+    err = g->last_failed >= target ? g->last_failed_errno : 0;
   if (err != 0)
     r = -1;
   pthread_mutex_unlock (&g->lock);

@@ -12,7 +12,9 @@
  * A failed sync fails every caller that it was meant to cover (the callers
  * whose target it was), and only those: the result of each of the last
  * GCOMMIT_HISTORY syncs is kept, so a caller that wakes late is not failed
- * by a newer sync that covered others.  Later callers try again.
+ * by a newer sync that covered others.  One that wakes later still (after
+ * more than GCOMMIT_HISTORY syncs) fails if any sync since its own failed.
+ * Later callers try again.
  */
 #ifndef NBDSNAP_GCOMMIT_H
 #define NBDSNAP_GCOMMIT_H
@@ -35,6 +37,8 @@ struct gcommit {
   int result[GCOMMIT_HISTORY];  /* sync seq's errno (0 = it succeeded) is
                                    result[seq % GCOMMIT_HISTORY] while
                                    done - seq < GCOMMIT_HISTORY */
+  uint64_t last_failed;         /* seq of the last sync that failed */
+  int last_failed_errno;
   bool running;
   uint64_t syncs;               /* statistics: syncs run */
   uint64_t sync_ns;             /* statistics: time spent in them */

@@ -11,7 +11,7 @@
  *   string, and refuses NULs, invalid UTF-8 and control characters before
  *   it splits words, so that nothing after it (names, messages, logs) can
  *   see a byte the protocol does not allow.  Names are checked with the
- *   engine's own nbdsnap_name_valid (), so the protocol and the engine can
+ *   engine's own nbdsnap_name_ok (), so the protocol and the engine can
  *   never disagree about what a name is.
  *
  * - The error table below is the single definition of each kind's wire
@@ -346,7 +346,7 @@ proto_parse (const char *line, size_t len, struct proto_request *req,
                        NBDSNAP_NAME_MAX);
   memcpy (req->name, word[1], wlen[1]);
   req->name[wlen[1]] = '\0';
-  if (nbdsnap_name_valid (req->name) == -1)
+  if (!nbdsnap_name_ok (req->name))
     return parse_fail (perr, PROTO_ERR_INVALID_NAME,
                        "invalid snapshot name '%s': " NBDSNAP_NAME_RULE,
                        req->name);

@@ -114,8 +114,10 @@ extern int nbdsnap_engine_trim (struct nbdsnap_engine *e, uint32_t count,
 /* Flush stores and bitmaps, then the origin. */
 extern int nbdsnap_engine_flush (struct nbdsnap_engine *e);
 
-/* Validate a snapshot name: 0 if good, else -1 with errno EINVAL and a
- * message saying why. */
+/* Validate a snapshot name, [A-Za-z0-9][A-Za-z0-9._-]{0,63}: 0 if good,
+ * else -1 with errno EINVAL and a message.  nbdsnap_name_ok reports
+ * nothing (for parsers that answer the client themselves). */
+extern bool nbdsnap_name_ok (const char *name);
 extern int nbdsnap_name_valid (const char *name);
 
 /* Snapshots.  Pointers stay valid until the snapshot is deleted. */
