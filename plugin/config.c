@@ -22,10 +22,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -69,11 +69,12 @@ config_parse_size (const char *key, const char *value, uint64_t *size)
   *size = n << shift;
   return 0;
 
- bad:
+bad:
   nbdkit_error ("%s=%s: not a size (a number with an optional suffix: "
-                "b, K, M, G, T, P, E)", key, value);
+                "b, K, M, G, T, P, E)",
+                key, value);
   return -1;
- too_large:
+too_large:
   nbdkit_error ("%s=%s: size too large", key, value);
   return -1;
 }
@@ -101,8 +102,7 @@ set_chunk_size (const char *value)
   if (config_parse_size ("chunk-size", value, &n) == -1)
     return -1;
   if (n < NBDSNAP_CHUNK_MIN || n > NBDSNAP_CHUNK_MAX || (n & (n - 1)) != 0) {
-    nbdkit_error ("chunk-size=%s: must be a power of two from 4K to 1M",
-                  value);
+    nbdkit_error ("chunk-size=%s: must be a power of two from 4K to 1M", value);
     return -1;
   }
   nbdsnap_cfg.chunk_size = n;
@@ -142,8 +142,8 @@ config_set (const char *key, const char *value)
   else if (strcmp (key, "max-store") == 0)
     given = &given_max_store;
   else {
-    nbdkit_error ("%s=%s: unknown parameter (see: nbdkit nbdsnap --help)",
-                  key, value);
+    nbdkit_error ("%s=%s: unknown parameter (see: nbdkit nbdsnap --help)", key,
+                  value);
     return -1;
   }
 
@@ -169,7 +169,7 @@ make_absolute (char **path)
   char *abs = nbdkit_absolute_path (*path);
 
   if (abs == NULL)
-    return -1;                  /* reported by nbdkit */
+    return -1; /* reported by nbdkit */
   free (*path);
   *path = abs;
   return 0;
@@ -187,8 +187,8 @@ config_check_file (void)
     return -1;
   /* Served read-only if we may not write it (root may write anything
    * but still not on a read-only filesystem). */
-  if (access (nbdsnap_cfg.file, W_OK) == -1 &&
-      (errno == EACCES || errno == EROFS || errno == EPERM))
+  if (access (nbdsnap_cfg.file, W_OK) == -1
+      && (errno == EACCES || errno == EROFS || errno == EPERM))
     nbdsnap_cfg.file_readonly = true;
   return 0;
 }
@@ -259,14 +259,13 @@ resolve_statedir (bool is_blockdev)
                     nbdsnap_cfg.file);
       return -1;
     }
-    if (asprintf (&nbdsnap_cfg.statedir, "%s.nbdsnap",
-                  nbdsnap_cfg.file) == -1) {
+    if (asprintf (&nbdsnap_cfg.statedir, "%s.nbdsnap", nbdsnap_cfg.file)
+        == -1) {
       nbdsnap_cfg.statedir = NULL;
       nbdkit_error ("asprintf: %m");
       return -1;
     }
-  }
-  else if (make_absolute (&nbdsnap_cfg.statedir) == -1)
+  } else if (make_absolute (&nbdsnap_cfg.statedir) == -1)
     return -1;
 
   if (stat (nbdsnap_cfg.statedir, &st) == 0) {
@@ -287,23 +286,23 @@ resolve_statedir (bool is_blockdev)
 static int
 resolve_admin (void)
 {
-  const size_t max = sizeof ((struct sockaddr_un *) 0)->sun_path - 1;
+  const size_t max = sizeof ((struct sockaddr_un *)0)->sun_path - 1;
   bool given = nbdsnap_cfg.admin != NULL;
 
   if (!given) {
-    if (asprintf (&nbdsnap_cfg.admin, "%s/admin.sock",
-                  nbdsnap_cfg.statedir) == -1) {
+    if (asprintf (&nbdsnap_cfg.admin, "%s/admin.sock", nbdsnap_cfg.statedir)
+        == -1) {
       nbdsnap_cfg.admin = NULL;
       nbdkit_error ("asprintf: %m");
       return -1;
     }
-  }
-  else if (make_absolute (&nbdsnap_cfg.admin) == -1)
+  } else if (make_absolute (&nbdsnap_cfg.admin) == -1)
     return -1;
 
   if (strlen (nbdsnap_cfg.admin) > max) {
     nbdkit_error ("admin=%s: too long for a unix socket path (at most %zu "
-                  "bytes)%s", nbdsnap_cfg.admin, max,
+                  "bytes)%s",
+                  nbdsnap_cfg.admin, max,
                   given ? "" : ": give a shorter admin= or statedir=");
     return -1;
   }
@@ -318,16 +317,15 @@ config_finish (bool is_blockdev)
     return -1;
 
   if (nbdsnap_debug_config)
-    nbdkit_debug ("config: file=%s%s statedir=%s admin=%s chunk-size=%"
-                  PRIu32 "%s durability=%s max-store=%" PRIu64,
-                  nbdsnap_cfg.file,
-                  nbdsnap_cfg.file_readonly ? " (read-only)" : "",
-                  nbdsnap_cfg.statedir, nbdsnap_cfg.admin,
-                  nbdsnap_cfg.chunk_size,
-                  nbdsnap_cfg.chunk_size ? "" : " (the directory's)",
-                  nbdsnap_cfg.durability == NBDSNAP_DURABILITY_POWER
-                  ? "power" : "process",
-                  nbdsnap_cfg.max_store);
+    nbdkit_debug (
+        "config: file=%s%s statedir=%s admin=%s chunk-size=%" PRIu32
+        "%s durability=%s max-store=%" PRIu64,
+        nbdsnap_cfg.file, nbdsnap_cfg.file_readonly ? " (read-only)" : "",
+        nbdsnap_cfg.statedir, nbdsnap_cfg.admin, nbdsnap_cfg.chunk_size,
+        nbdsnap_cfg.chunk_size ? "" : " (the directory's)",
+        nbdsnap_cfg.durability == NBDSNAP_DURABILITY_POWER ? "power"
+                                                           : "process",
+        nbdsnap_cfg.max_store);
   return 0;
 }
 

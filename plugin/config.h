@@ -13,26 +13,26 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "nbdsnap/engine.h"     /* enum nbdsnap_durability, chunk limits */
+#include "nbdsnap/engine.h" /* enum nbdsnap_durability, chunk limits */
 
 struct plugin_config {
-  char *file;                   /* file=: the base image, absolute */
-  char *statedir;               /* statedir=, default FILE.nbdsnap */
-  char *admin;                  /* admin=, default STATEDIR/admin.sock */
-  uint32_t chunk_size;          /* chunk-size=, 0 = not given: the state
-                                   directory's, or the default when new */
+  char *file;                         /* file=: the base image, absolute */
+  char *statedir;                     /* statedir=, default FILE.nbdsnap */
+  char *admin;                        /* admin=, default STATEDIR/admin.sock */
+  uint32_t chunk_size;                /* chunk-size=, 0 = not given: the state
+                                         directory's, or the default when new */
   enum nbdsnap_durability durability; /* durability=, default power */
-  uint64_t max_store;           /* max-store=, 0 = no limit */
-  bool file_readonly;           /* the image cannot be opened for writing */
+  uint64_t max_store;                 /* max-store=, 0 = no limit */
+  bool file_readonly; /* the image cannot be opened for writing */
 };
 
 extern struct plugin_config nbdsnap_cfg;
 
-#define NBDSNAP_CONFIG_HELP \
-  "[file=]DISK            The base image (regular file or block device).\n" \
-  "statedir=DIR           State directory (default DISK.nbdsnap).\n" \
-  "admin=SOCKET           Admin socket (default STATEDIR/admin.sock).\n" \
-  "chunk-size=SIZE        Copy-on-write chunk, power of 2, 4K-1M (64K).\n" \
+#define NBDSNAP_CONFIG_HELP                                                    \
+  "[file=]DISK            The base image (regular file or block device).\n"    \
+  "statedir=DIR           State directory (default DISK.nbdsnap).\n"           \
+  "admin=SOCKET           Admin socket (default STATEDIR/admin.sock).\n"       \
+  "chunk-size=SIZE        Copy-on-write chunk, power of 2, 4K-1M (64K).\n"     \
   "durability=power|process  Sync copied chunks before overwriting (power).\n" \
   "max-store=SIZE         Default per-snapshot store limit (0 = none)."
 

@@ -27,16 +27,36 @@
 
 #include "nbdsnapctl.h"
 
+/* Print "nbdsnapctl: MESSAGE SUFFIX\n" on one line whatever the message
+ * holds: control characters (a newline in a bad name, an escape sequence
+ * from an argument) become '?'. */
+static void
+msg_line (const char *suffix, const char *fmt, va_list args)
+{
+  char *msg, *p;
+  int saved = errno;
+
+  if (vasprintf (&msg, fmt, args) == -1) {
+    errno = saved;
+    fputs ("nbdsnapctl: (out of memory)\n", stderr);
+    return;
+  }
+  for (p = msg; *p; ++p)
+    if ((unsigned char) *p < 0x20 || *p == 0x7f)
+      *p = '?';
+  fprintf (stderr, "nbdsnapctl: %s%s\n", msg, suffix);
+  free (msg);
+  errno = saved;
+}
+
 void
 ctl_msg (const char *fmt, ...)
 {
   va_list args;
 
-  fputs ("nbdsnapctl: ", stderr);
   va_start (args, fmt);
-  vfprintf (stderr, fmt, args);
+  msg_line ("", fmt, args);
   va_end (args);
-  fputc ('\n', stderr);
 }
 
 int
@@ -44,11 +64,9 @@ ctl_usage (const char *fmt, ...)
 {
   va_list args;
 
-  fputs ("nbdsnapctl: ", stderr);
   va_start (args, fmt);
-  vfprintf (stderr, fmt, args);
+  msg_line (" (see nbdsnapctl --help)", fmt, args);
   va_end (args);
-  fputs (" (see nbdsnapctl --help)\n", stderr);
   return NBDSNAPCTL_EXIT_USAGE;
 }
 

@@ -34,15 +34,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#include <linux/falloc.h>
-#include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "nbdsnap/err.h"
 #include "nbdsnap/io.h"
@@ -64,8 +64,8 @@ flag_clear (bool *flag)
 }
 
 static int
-check_range (const struct nbdsnap_origin *o, const char *op,
-             uint64_t count, uint64_t offset)
+check_range (const struct nbdsnap_origin *o, const char *op, uint64_t count,
+             uint64_t offset)
 {
   if (offset > o->size || count > o->size - offset) {
     errno = EINVAL;
@@ -99,8 +99,7 @@ sync_data (struct nbdsnap_origin *o)
 }
 
 int
-nbdsnap_origin_open (struct nbdsnap_origin *o, const char *path,
-                     bool readonly)
+nbdsnap_origin_open (struct nbdsnap_origin *o, const char *path, bool readonly)
 {
   struct stat st;
   int flags;
@@ -152,8 +151,7 @@ nbdsnap_origin_open (struct nbdsnap_origin *o, const char *path,
       goto err;
     }
     o->dev = st.st_rdev;
-  }
-  else {
+  } else {
     o->size = st.st_size;
     o->dev = st.st_dev;
   }
@@ -168,11 +166,11 @@ nbdsnap_origin_open (struct nbdsnap_origin *o, const char *path,
   o->can_zero_range = true;
   if (nbdsnap_debug_engine)
     nbdsnap_debug ("origin %s: %s, %" PRIu64 " bytes, %s", path,
-                   o->is_blockdev ? "block device" : "regular file",
-                   o->size, readonly ? "read-only" : "read-write");
+                   o->is_blockdev ? "block device" : "regular file", o->size,
+                   readonly ? "read-only" : "read-write");
   return 0;
 
- err:
+err:
   nbdsnap_origin_close (o);
   return -1;
 }
@@ -207,8 +205,8 @@ int
 nbdsnap_origin_pwrite (struct nbdsnap_origin *o, const void *buf,
                        uint32_t count, uint64_t offset, bool fua)
 {
-  if (check_writable (o, "write") == -1 ||
-      check_range (o, "write", count, offset) == -1)
+  if (check_writable (o, "write") == -1
+      || check_range (o, "write", count, offset) == -1)
     return -1;
   if (io_pwrite_full (o->fd, buf, count, offset) == -1) {
     nbdsnap_error ("%s: pwrite: %m", o->path);
@@ -220,8 +218,8 @@ nbdsnap_origin_pwrite (struct nbdsnap_origin *o, const void *buf,
 /* fallocate with one mode; 1 = done, 0 = the kernel cannot (flag cleared),
  * -1 = error (reported). */
 static int
-try_fallocate (struct nbdsnap_origin *o, int mode, bool *flag,
-               const char *what, uint32_t count, uint64_t offset)
+try_fallocate (struct nbdsnap_origin *o, int mode, bool *flag, const char *what,
+               uint32_t count, uint64_t offset)
 {
   if (!flag_get (flag))
     return 0;
@@ -229,8 +227,8 @@ try_fallocate (struct nbdsnap_origin *o, int mode, bool *flag,
     return 1;
   if (errno == EOPNOTSUPP || errno == ENOSYS) {
     if (nbdsnap_debug_engine)
-      nbdsnap_debug ("origin %s: %s not supported, not trying again",
-                     o->path, what);
+      nbdsnap_debug ("origin %s: %s not supported, not trying again", o->path,
+                     what);
     flag_clear (flag);
     return 0;
   }
@@ -255,13 +253,13 @@ write_zeros (struct nbdsnap_origin *o, uint32_t count, uint64_t offset)
 }
 
 int
-nbdsnap_origin_zero (struct nbdsnap_origin *o, uint32_t count,
-                     uint64_t offset, bool may_trim, bool fua, bool fast)
+nbdsnap_origin_zero (struct nbdsnap_origin *o, uint32_t count, uint64_t offset,
+                     bool may_trim, bool fua, bool fast)
 {
   int r = 0;
 
-  if (check_writable (o, "zero") == -1 ||
-      check_range (o, "zero", count, offset) == -1)
+  if (check_writable (o, "zero") == -1
+      || check_range (o, "zero", count, offset) == -1)
     return -1;
   if (count == 0)
     return 0;
@@ -290,15 +288,16 @@ nbdsnap_origin_zero (struct nbdsnap_origin *o, uint32_t count,
 }
 
 int
-nbdsnap_origin_trim (struct nbdsnap_origin *o, uint32_t count,
-                     uint64_t offset, bool fua)
+nbdsnap_origin_trim (struct nbdsnap_origin *o, uint32_t count, uint64_t offset,
+                     bool fua)
 {
-  if (check_writable (o, "trim") == -1 ||
-      check_range (o, "trim", count, offset) == -1)
+  if (check_writable (o, "trim") == -1
+      || check_range (o, "trim", count, offset) == -1)
     return -1;
-  if (count > 0 &&
-      try_fallocate (o, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                     &o->can_punch_hole, "punch hole", count, offset) == -1)
+  if (count > 0
+      && try_fallocate (o, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                        &o->can_punch_hole, "punch hole", count, offset)
+             == -1)
     return -1;
   return fua ? sync_data (o) : 0;
 }
@@ -310,8 +309,7 @@ nbdsnap_origin_flush (struct nbdsnap_origin *o)
 }
 
 int
-nbdsnap_origin_cache (struct nbdsnap_origin *o, uint32_t count,
-                      uint64_t offset)
+nbdsnap_origin_cache (struct nbdsnap_origin *o, uint32_t count, uint64_t offset)
 {
   int err;
 
@@ -357,15 +355,15 @@ nbdsnap_origin_extents (struct nbdsnap_origin *o, uint64_t offset,
 
     data = lseek (o->fd, pos, SEEK_DATA);
     if (data == -1) {
-      if (errno == ENXIO)       /* no data after pos: a hole to the end */
+      if (errno == ENXIO) /* no data after pos: a hole to the end */
         return emit (fn, opaque, pos, end, true, &stop);
       if (errno == EINVAL || errno == EOPNOTSUPP) /* no SEEK_DATA here */
         return emit (fn, opaque, pos, end, false, &stop);
       nbdsnap_error ("%s: lseek SEEK_DATA: %m", o->path);
       return -1;
     }
-    if ((uint64_t) data > pos) {
-      uint64_t hend = (uint64_t) data < end ? (uint64_t) data : end;
+    if ((uint64_t)data > pos) {
+      uint64_t hend = (uint64_t)data < end ? (uint64_t)data : end;
 
       if (emit (fn, opaque, pos, hend, true, &stop) == -1)
         return -1;
@@ -375,18 +373,18 @@ nbdsnap_origin_extents (struct nbdsnap_origin *o, uint64_t offset,
 
     hole = lseek (o->fd, pos, SEEK_HOLE);
     if (hole == -1) {
-      if (errno == ENXIO)       /* the file shrank under us: the rest */
+      if (errno == ENXIO) /* the file shrank under us: the rest */
         return emit (fn, opaque, pos, end, true, &stop);
       nbdsnap_error ("%s: lseek SEEK_HOLE: %m", o->path);
       return -1;
     }
-    if ((uint64_t) hole <= pos) { /* cannot happen; do not loop forever */
+    if ((uint64_t)hole <= pos) { /* cannot happen; do not loop forever */
       errno = EIO;
       nbdsnap_error ("%s: lseek SEEK_HOLE went backwards", o->path);
       return -1;
     }
     {
-      uint64_t dend = (uint64_t) hole < end ? (uint64_t) hole : end;
+      uint64_t dend = (uint64_t)hole < end ? (uint64_t)hole : end;
 
       if (emit (fn, opaque, pos, dend, false, &stop) == -1)
         return -1;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # nbdsnap test: export names.  "" (the origin) is listed, with a
-# description naming the image; any other export name is refused, and the
-# server's message names it.
+# description naming the image, and is the only export while there is no
+# snapshot; any other export name is refused, and the server's message
+# names it.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdinfo --version
 
@@ -24,5 +25,5 @@ if nbdinfo "nbd+unix:///nightly?socket=$sock" > "$tmpdir/out" 2>&1; then
   cat "$tmpdir/out"
   fail "export \"nightly\" was served"
 fi
-grep -q 'export "nightly": no such export' "$nbdkit_log" ||
+grep -q 'error: export "nightly": no such' "$nbdkit_log" ||
   fail "the server did not say which export was refused"

@@ -18,8 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <check.h>
 
@@ -73,7 +73,7 @@ make_file (uint64_t size, int fill)
   memset (buf, fill, sizeof buf);
   for (uint64_t off = 0; fill && off < size; off += sizeof buf) {
     size_t n = size - off < sizeof buf ? size - off : sizeof buf;
-    ck_assert_int_eq (pwrite (fd, buf, n, off), (ssize_t) n);
+    ck_assert_int_eq (pwrite (fd, buf, n, off), (ssize_t)n);
   }
   close (fd);
 }
@@ -86,7 +86,7 @@ write_at (uint64_t offset, size_t len, int byte)
 
   ck_assert_int_ge (fd, 0);
   memset (buf, byte, len);
-  ck_assert_int_eq (pwrite (fd, buf, len, offset), (ssize_t) len);
+  ck_assert_int_eq (pwrite (fd, buf, len, offset), (ssize_t)len);
   free (buf);
   close (fd);
 }
@@ -99,18 +99,18 @@ ck_file_bytes (uint64_t offset, size_t len, int byte)
   unsigned char *buf = malloc (len);
 
   ck_assert_int_ge (fd, 0);
-  ck_assert_int_eq (pread (fd, buf, len, offset), (ssize_t) len);
+  ck_assert_int_eq (pread (fd, buf, len, offset), (ssize_t)len);
   for (size_t i = 0; i < len; i++)
     ck_assert_msg (buf[i] == byte, "byte at %ju is 0x%02x, expected 0x%02x",
-                   (uintmax_t) (offset + i), buf[i], byte);
+                   (uintmax_t)(offset + i), buf[i], byte);
   free (buf);
   close (fd);
 }
 
 START_TEST (test_open_missing)
 {
-  ck_assert_int_eq (nbdsnap_origin_open (&o, "/nonexistent/disk.img",
-                                         false), -1);
+  ck_assert_int_eq (nbdsnap_origin_open (&o, "/nonexistent/disk.img", false),
+                    -1);
   ck_assert_int_eq (errno, ENOENT);
   ck_assert_int_eq (o.fd, -1);
   ck_assert_ptr_nonnull (strstr (last_error, "/nonexistent/disk.img"));
@@ -161,7 +161,7 @@ START_TEST (test_open_ok)
   ck_assert_str_eq (o.path, path);
   nbdsnap_origin_close (&o);
   ck_assert_int_eq (o.fd, -1);
-  nbdsnap_origin_close (&o);    /* twice is harmless */
+  nbdsnap_origin_close (&o); /* twice is harmless */
 }
 END_TEST
 
@@ -172,10 +172,9 @@ START_TEST (test_read_write)
   make_file (MiB, 0x11);
   ck_assert_int_eq (nbdsnap_origin_open (&o, path, false), 0);
   memset (buf, 0x5a, sizeof buf);
-  ck_assert_int_eq (nbdsnap_origin_pwrite (&o, buf, sizeof buf, 4093,
-                                           false), 0);
-  ck_assert_int_eq (nbdsnap_origin_pwrite (&o, buf, 100, MiB - 100,
-                                           true), 0);
+  ck_assert_int_eq (nbdsnap_origin_pwrite (&o, buf, sizeof buf, 4093, false),
+                    0);
+  ck_assert_int_eq (nbdsnap_origin_pwrite (&o, buf, 100, MiB - 100, true), 0);
   ck_assert_int_eq (nbdsnap_origin_flush (&o), 0);
   ck_file_bytes (0, 4093, 0x11);
   ck_file_bytes (4093, sizeof buf, 0x5a);
@@ -201,19 +200,17 @@ START_TEST (test_out_of_range)
   make_file (size, 0x77);
   ck_assert_int_eq (nbdsnap_origin_open (&o, path, false), 0);
 
-#define ck_einval(call)                         \
-  do {                                          \
-    errno = 0;                                  \
-    ck_assert_int_eq ((call), -1);              \
-    ck_assert_int_eq (errno, EINVAL);           \
+#define ck_einval(call)                                                        \
+  do {                                                                         \
+    errno = 0;                                                                 \
+    ck_assert_int_eq ((call), -1);                                             \
+    ck_assert_int_eq (errno, EINVAL);                                          \
   } while (0)
   ck_einval (nbdsnap_origin_pread (&o, buf, 4096, size - 4095));
   ck_einval (nbdsnap_origin_pread (&o, buf, 1, size));
   ck_einval (nbdsnap_origin_pwrite (&o, buf, 4096, size - 1, false));
-  ck_einval (nbdsnap_origin_pwrite (&o, buf, 4096, UINT64_MAX - 100,
-                                    false));
-  ck_einval (nbdsnap_origin_zero (&o, 8192, size - 4096, true, false,
-                                  false));
+  ck_einval (nbdsnap_origin_pwrite (&o, buf, 4096, UINT64_MAX - 100, false));
+  ck_einval (nbdsnap_origin_zero (&o, 8192, size - 4096, true, false, false));
   ck_einval (nbdsnap_origin_trim (&o, 8192, size - 4096, false));
   ck_einval (nbdsnap_origin_cache (&o, 2, size - 1));
   ck_einval (nbdsnap_origin_extents (&o, size, 1, ignore_extent, NULL));
@@ -238,8 +235,7 @@ START_TEST (test_readonly)
   ck_assert_int_eq (nbdsnap_origin_pwrite (&o, buf, 512, 0, false), -1);
   ck_assert_int_eq (errno, EROFS);
   errno = 0;
-  ck_assert_int_eq (nbdsnap_origin_zero (&o, 512, 0, true, false, false),
-                    -1);
+  ck_assert_int_eq (nbdsnap_origin_zero (&o, 512, 0, true, false, false), -1);
   ck_assert_int_eq (errno, EROFS);
   errno = 0;
   ck_assert_int_eq (nbdsnap_origin_trim (&o, 512, 0, false), -1);
@@ -256,13 +252,13 @@ START_TEST (test_zero)
   ck_assert_int_eq (nbdsnap_origin_open (&o, path, false), 0);
 
   /* Unaligned, without holes, then with holes allowed. */
-  ck_assert_int_eq (nbdsnap_origin_zero (&o, 10000, 1000, false, false,
-                                         false), 0);
+  ck_assert_int_eq (nbdsnap_origin_zero (&o, 10000, 1000, false, false, false),
+                    0);
   ck_file_bytes (0, 1000, 0xaa);
   ck_file_bytes (1000, 10000, 0);
   ck_file_bytes (11000, 1000, 0xaa);
-  ck_assert_int_eq (nbdsnap_origin_zero (&o, 128 * KiB, 256 * KiB, true,
-                                         true, false), 0);
+  ck_assert_int_eq (
+      nbdsnap_origin_zero (&o, 128 * KiB, 256 * KiB, true, true, false), 0);
   ck_file_bytes (256 * KiB - 1, 1, 0xaa);
   ck_file_bytes (256 * KiB, 128 * KiB, 0);
   ck_file_bytes (384 * KiB, 1, 0xaa);
@@ -298,13 +294,13 @@ START_TEST (test_zero_fallback)
   o.can_punch_hole = o.can_zero_range = false;
 
   errno = 0;
-  ck_assert_int_eq (nbdsnap_origin_zero (&o, 200 * KiB, 100, true, false,
-                                         true), -1);
+  ck_assert_int_eq (nbdsnap_origin_zero (&o, 200 * KiB, 100, true, false, true),
+                    -1);
   ck_assert_int_eq (errno, ENOTSUP);
   ck_file_bytes (0, MiB, 0xaa);
 
-  ck_assert_int_eq (nbdsnap_origin_zero (&o, 200 * KiB, 100, true, true,
-                                         false), 0);
+  ck_assert_int_eq (nbdsnap_origin_zero (&o, 200 * KiB, 100, true, true, false),
+                    0);
   ck_file_bytes (0, 100, 0xaa);
   ck_file_bytes (100, 200 * KiB, 0);
   ck_file_bytes (100 + 200 * KiB, 100, 0xaa);
@@ -321,7 +317,7 @@ START_TEST (test_trim)
   ck_assert_int_eq (nbdsnap_origin_open (&o, path, false), 0);
   ck_assert_int_eq (nbdsnap_origin_trim (&o, 128 * KiB, 128 * KiB, true), 0);
   if (!o.can_punch_hole)
-    return;                     /* the filesystem cannot: advisory no-op */
+    return; /* the filesystem cannot: advisory no-op */
   ck_file_bytes (128 * KiB - 1, 1, 0xaa);
   ck_file_bytes (128 * KiB, 128 * KiB, 0);
   ck_file_bytes (256 * KiB, 1, 0xaa);
@@ -330,14 +326,17 @@ END_TEST
 
 /* Extents collected by the walk. */
 #define MAX_EXT 16
-static struct ext { uint64_t offset, length; bool hole; } ext[MAX_EXT];
+static struct ext {
+  uint64_t offset, length;
+  bool hole;
+} ext[MAX_EXT];
 static int next_ext, stop_after;
 
 static int
 collect (void *opaque, uint64_t offset, uint64_t length, bool hole)
 {
   ck_assert_int_lt (next_ext, MAX_EXT);
-  ext[next_ext++] = (struct ext) { offset, length, hole };
+  ext[next_ext++] = (struct ext){ offset, length, hole };
   if (stop_after && next_ext == stop_after)
     return 1;
   return 0;
@@ -349,9 +348,9 @@ walk (uint64_t offset, uint64_t count)
   uint64_t pos = offset;
 
   next_ext = 0;
-  ck_assert_int_eq (nbdsnap_origin_extents (&o, offset, count, collect,
-                                            NULL), 0);
-  for (int i = 0; i < next_ext; i++) {        /* contiguous, in order */
+  ck_assert_int_eq (nbdsnap_origin_extents (&o, offset, count, collect, NULL),
+                    0);
+  for (int i = 0; i < next_ext; i++) { /* contiguous, in order */
     ck_assert_uint_eq (ext[i].offset, pos);
     ck_assert_uint_gt (ext[i].length, 0);
     pos += ext[i].length;
@@ -367,7 +366,7 @@ hole_at (uint64_t offset)
   for (int i = 0; i < next_ext; i++)
     if (offset >= ext[i].offset && offset < ext[i].offset + ext[i].length)
       return ext[i].hole;
-  ck_abort_msg ("no extent covers %ju", (uintmax_t) offset);
+  ck_abort_msg ("no extent covers %ju", (uintmax_t)offset);
   return false;
 }
 
@@ -447,8 +446,7 @@ START_TEST (test_extents_stop)
   stop_after = 0;
   ck_assert_int_eq (next_ext, 1);
   ck_assert (!ext[0].hole);
-  ck_assert_int_eq (nbdsnap_origin_extents (&o, 0, MiB, fail_extent, NULL),
-                    -1);
+  ck_assert_int_eq (nbdsnap_origin_extents (&o, 0, MiB, fail_extent, NULL), -1);
 }
 END_TEST
 
@@ -456,7 +454,10 @@ static Suite *
 origin_suite (void)
 {
   Suite *s = suite_create ("origin");
-  const struct { const char *name; const TTest *test; } t[] = {
+  const struct {
+    const char *name;
+    const TTest *test;
+  } t[] = {
     { "open_missing", test_open_missing },
     { "open_directory", test_open_directory },
     { "open_empty", test_open_empty },

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# nbdsnap test: "nbdsnapctl --json changes NAME" lists the chunks of the
+# origin written since NAME was taken, exactly: merged, in order, within
+# the image, changed_bytes their sum.  The writes (qemu-io, nbdsh, with
+# unaligned ends) hit data chunks, chunks that were holes at snapshot time
+# (an incremental backup must copy those too), the short last chunk, and
+# chunks written before and after a second, newer snapshot: changes of the
+# older snapshot is the union, changes of the newer one only what came
+# after it.  Applying the changed extents of the new origin to a copy of
+# the snapshot gives the origin (what an incremental backup relies on).
+source "${abs_top_builddir:?}/tests/functions.sh"
+requires qemu-io --version
+requires nbdcopy --version
+requires "$PYTHON" -c 'import nbd'
+
+ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+
+img="$tmpdir/disk.img"
+C=65536
+size=$(( 32 * C + 5000 ))
+
+# Random data in chunks 0-15 and the last one, holes in 16-31.
+truncate -s "$size" "$img"
+"$PYTHON" - "$img" "$size" <<'PY'
+import os, sys
+path, size = sys.argv[1], int(sys.argv[2])
+C = 65536
+with open(path, "r+b") as f:
+    f.write(os.urandom(16 * C))
+    f.seek(32 * C)
+    f.write(os.urandom(size - 32 * C))
+PY
+cp --sparse=always "$img" "$tmpdir/at-s1.img"
+
+start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock" \
+             chunk-size=64K
+
+# check NAME OFFSET:LENGTH...: changes NAME lists exactly these extents.
+check ()
+{
+  local name=$1
+  shift
+  ctl --json changes "$name" > "$tmpdir/changes.json"
+  "$PYTHON" - "$tmpdir/changes.json" "$size" "$C" "$@" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+size, C = int(sys.argv[2]), int(sys.argv[3])
+want = [[int(x) for x in a.split(":")] for a in sys.argv[4:]]
+got = [[e["offset"], e["length"]] for e in r["extents"]]
+assert r["ok"] is True, r
+assert r["size"] == size and r["chunk_size"] == C, r
+assert got == want, "changes %s: got %r, expected %r" % (r["name"], got, want)
+assert r["changed_bytes"] == sum(l for o, l in want), r
+PY
+}
+
+ctl create s1
+check s1                                  # nothing yet
+
+qemu-io -f raw \
+  -c "write -P 1 100 10" \
+  -c "write -P 2 $(( 5 * C - 1 )) 2" \
+  -c "write -P 3 $(( 10 * C )) $(( 3 * C ))" \
+  -c "write -P 4 $(( 20 * C + 12345 )) 100" \
+  "$uri" >/dev/null
+nbdsh -u "$uri" -c "h.pwrite(b'\\x05' * 7, $size - 7)"
+# Chunk 0; 4-5; 10-12; 20 (a hole at snapshot time); 32 (short, last).
+s1_first=("0:$C" "$(( 4 * C )):$(( 2 * C ))" "$(( 10 * C )):$(( 3 * C ))"
+          "$(( 20 * C )):$C" "$(( 32 * C )):$(( size - 32 * C ))")
+check s1 "${s1_first[@]}"
+
+ctl create s2
+check s2
+# Again chunk 0 (already in s1's changes); chunk 13, next to 10-12; chunk
+# 25, a hole; 31, a hole next to the last chunk (changed since s1, not s2).
+qemu-io -f raw \
+  -c "write -P 6 0 1" \
+  -c "write -P 7 $(( 13 * C + 7 )) 9" \
+  -c "write -P 8 $(( 25 * C )) $C" \
+  -c "write -P 9 $(( 31 * C + 100 )) 1" \
+  "$uri" >/dev/null
+check s2 "0:$C" "$(( 13 * C )):$C" "$(( 25 * C )):$C" "$(( 31 * C )):$C"
+check s1 "0:$C" "$(( 4 * C )):$(( 2 * C ))" "$(( 10 * C )):$(( 4 * C ))" \
+         "$(( 20 * C )):$C" "$(( 25 * C )):$C" \
+         "$(( 31 * C )):$(( size - 31 * C ))"
+
+# An incremental backup: the snapshot's copy + the changed extents of the
+# origin = the origin.
+nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/backup.img"
+ctl --json changes s1 > "$tmpdir/changes.json"
+nbdsh -u "$uri" -c "
+import json
+r = json.load(open('$tmpdir/changes.json'))
+with open('$tmpdir/backup.img', 'r+b') as f:
+    for e in r['extents']:
+        f.seek(e['offset'])
+        f.write(h.pread(e['length'], e['offset']))
+"
+cmp "$tmpdir/backup.img" "$img" ||
+  fail "snapshot + changes is not the origin: changes missed a write"

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# nbdsnap test: a plain delete of a snapshot with an NBD client connected
+# fails with busy: nbdsnapctl exits 4 and says "busy" on stderr; --json
+# prints the error object (busy, EBUSY).  The snapshot stays listed with
+# its client, stays exported, and the connected client still reads its
+# instant.  Once the client disconnects, the delete succeeds.
+source "${abs_top_builddir:?}/tests/functions.sh"
+requires nbdcopy --version
+requires "$PYTHON" -c 'import nbd'
+
+ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+sha () { sha256sum < "$1" | cut -d' ' -f1; }
+quiet_kill () { kill "$@" 2>/dev/null || :; }
+
+img="$tmpdir/disk.img"
+size=$(( 2 * 1024 * 1024 + 333 ))
+head -c "$size" /dev/urandom > "$img"
+cp "$img" "$tmpdir/at-s1.img"
+want=$(sha "$img")
+
+start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
+ctl create s1
+head -c "$size" /dev/urandom > "$tmpdir/new.img"
+nbdcopy "$tmpdir/new.img" "$uri"
+
+# An NBD client of s1, driven line by line: "sha" reads the whole export
+# and answers "sha HEX" (or "err ERRNO"), "close" disconnects.
+cat > "$tmpdir/client.py" <<'PY'
+import hashlib, nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "sha":
+        try:
+            size, off, d = h.get_size(), 0, hashlib.sha256()
+            while off < size:
+                n = min(1 << 20, size - off)
+                d.update(h.pread(n, off))
+                off += n
+            print("sha", d.hexdigest(), flush=True)
+        except nbd.Error as e:
+            print("err", e.errno, flush=True)
+    elif line.strip() == "close":
+        h.shutdown()
+        del h
+        print("closed", flush=True)
+        break
+PY
+coproc CLIENT { "$PYTHON" "$tmpdir/client.py" "nbd+unix:///s1?socket=$sock"; }
+client_pid=$CLIENT_PID
+cleanup_fn quiet_kill "$client_pid"
+ask ()
+{
+  echo "$1" >&"${CLIENT[1]}"
+  read -r -t 30 reply <&"${CLIENT[0]}" || fail "the client did not answer $1"
+}
+read -r -t 30 reply <&"${CLIENT[0]}" && [ "$reply" = ready ] ||
+  fail "the client did not connect"
+
+status=0
+ctl delete s1 2> "$tmpdir/err" || status=$?
+cat "$tmpdir/err"
+[ "$status" -eq 4 ] || fail "delete of a busy snapshot: exit $status, not 4"
+grep -q -i busy "$tmpdir/err" || fail "the message does not say busy"
+[ "$(wc -l < "$tmpdir/err")" -eq 1 ] || fail "not a one-line message"
+
+status=0
+ctl --json delete s1 > "$tmpdir/out.json" 2>/dev/null || status=$?
+[ "$status" -eq 4 ] || fail "delete --json: exit $status, not 4"
+"$PYTHON" -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["ok"] is False and r["error"] == "busy" and r["errno"] == "EBUSY", r
+' "$tmpdir/out.json"
+
+ctl --json info s1 | "$PYTHON" -c '
+import json, sys
+s = json.load(sys.stdin)["snapshot"]
+assert s["state"] == "live" and s["clients"] == 1, s
+'
+ask sha
+[ "$reply" = "sha $want" ] || fail "the connected client read $reply"
+nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
+[ "$(sha "$tmpdir/got.img")" = "$want" ] ||
+  fail "a new client does not read the snapshot's instant"
+
+ask close
+[ "$reply" = closed ]
+wait "$client_pid" || :
+
+# The server notices the disconnection soon.
+for (( i = 0; i < 100; i++ )); do
+  status=0
+  ctl delete s1 2>/dev/null || status=$?
+  [ "$status" -eq 4 ] || break
+  sleep 0.1
+done
+[ "$status" -eq 0 ] || fail "delete after the client left: exit $status"
+[ -z "$(ls "$tmpdir/state" | grep '^snap-')" ] ||
+  { ls -l "$tmpdir/state"; fail "the snapshot's files are left"; }

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# nbdsnap test: delete --defer of a snapshot with an NBD client connected.
+# It succeeds at once (exit 0, "deferred": true): the snapshot is no longer
+# listed (nbdsnapctl list, nbdinfo --list), info says not found (exit 5),
+# and new connections to it are refused; the connected client still reads
+# the snapshot's instant, also after more origin writes.  Its files stay in
+# the state directory while the client is connected and are removed after
+# it disconnects; the origin is served throughout.
+source "${abs_top_builddir:?}/tests/functions.sh"
+requires nbdcopy --version
+requires nbdinfo --version
+requires qemu-io --version
+requires "$PYTHON" -c 'import nbd'
+
+ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+sha () { sha256sum < "$1" | cut -d' ' -f1; }
+quiet_kill () { kill "$@" 2>/dev/null || :; }
+snapfiles () { ls "$tmpdir/state" | grep '^snap-' || :; }
+
+img="$tmpdir/disk.img"
+size=$(( 2 * 1024 * 1024 + 333 ))
+head -c "$size" /dev/urandom > "$img"
+want=$(sha "$img")
+
+start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
+ctl create s1
+qemu-io -f raw -c 'write -P 0x21 0 1M' "$uri" >/dev/null
+
+# An NBD client of s1, driven line by line: "sha" reads the whole export
+# and answers "sha HEX" (or "err ERRNO"), "close" disconnects.
+cat > "$tmpdir/client.py" <<'PY'
+import hashlib, nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "sha":
+        try:
+            size, off, d = h.get_size(), 0, hashlib.sha256()
+            while off < size:
+                n = min(1 << 20, size - off)
+                d.update(h.pread(n, off))
+                off += n
+            print("sha", d.hexdigest(), flush=True)
+        except nbd.Error as e:
+            print("err", e.errno, flush=True)
+    elif line.strip() == "close":
+        h.shutdown()
+        del h
+        print("closed", flush=True)
+        break
+PY
+coproc CLIENT { "$PYTHON" "$tmpdir/client.py" "nbd+unix:///s1?socket=$sock"; }
+client_pid=$CLIENT_PID
+cleanup_fn quiet_kill "$client_pid"
+ask ()
+{
+  echo "$1" >&"${CLIENT[1]}"
+  read -r -t 30 reply <&"${CLIENT[0]}" || fail "the client did not answer $1"
+}
+read -r -t 30 reply <&"${CLIENT[0]}" && [ "$reply" = ready ] ||
+  fail "the client did not connect"
+
+ask sha
+[ "$reply" = "sha $want" ] || fail "before the delete the client read $reply"
+
+ctl --json delete --defer s1 > "$tmpdir/out.json"
+"$PYTHON" -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["ok"] is True and r["deferred"] is True, r
+' "$tmpdir/out.json"
+
+# Gone for everyone new, at once.
+ctl --json list | grep -q '"snapshots":\[\]' || fail "s1 is still listed"
+status=0
+ctl info s1 2>/dev/null || status=$?
+[ "$status" -eq 5 ] || fail "info of a deferred-deleted snapshot: exit $status"
+nbdinfo --list "$uri" > "$tmpdir/list"
+! grep -q '^export="s1"' "$tmpdir/list" || fail "nbdinfo --list shows s1"
+if nbdinfo "nbd+unix:///s1?socket=$sock" > "$tmpdir/info" 2>&1; then
+  fail "a new connection to s1 was accepted"
+fi
+
+# The connected client reads its snapshot, even as the origin changes.
+head -c "$size" /dev/urandom > "$tmpdir/new.img"
+nbdcopy "$tmpdir/new.img" "$uri"
+cmp "$img" "$tmpdir/new.img" || fail "the origin lacks the new bytes"
+ask sha
+[ "$reply" = "sha $want" ] || fail "after the delete the client read $reply"
+[ -n "$(snapfiles)" ] || fail "the files went while the client was reading"
+
+ask close
+[ "$reply" = closed ]
+wait "$client_pid" || :
+for (( i = 0; i < 100; i++ )); do
+  [ -n "$(snapfiles)" ] || break
+  sleep 0.1
+done
+[ -z "$(snapfiles)" ] ||
+  { ls -l "$tmpdir/state"; fail "the files are left after the client left"; }
+
+# The origin is still served.
+nbdcopy "$uri" "$tmpdir/origin.img"
+cmp "$tmpdir/origin.img" "$tmpdir/new.img" || fail "the origin reads wrong"

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# nbdsnap test: a temporary snapshot dies with the admin connection that
+# made it, even when its owner is killed with SIGKILL.  Two owners,
+# "nbdsnapctl create --temporary NAME" each kept running by a standard
+# input that stays open (a fifo), are killed with -9:
+#  - t1, unread: disappears from the list within a short bounded wait, its
+#    files are removed;
+#  - t2, read by a connected NBD client: disappears from the list and from
+#    nbdinfo --list at once, the client still reads its instant, and its
+#    files are removed once the client disconnects.
+# A plain snapshot, created alongside, is left alone.
+source "${abs_top_builddir:?}/tests/functions.sh"
+requires nbdcopy --version
+requires nbdinfo --version
+requires "$PYTHON" -c 'import nbd'
+
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+sha () { sha256sum < "$1" | cut -d' ' -f1; }
+quiet_kill () { kill "$@" 2>/dev/null || :; }
+listed () { ctl --json list | grep -q "\"name\":\"$1\""; }
+storefiles () { ls "$tmpdir/state" | grep -c '^snap-.*\.store$' || :; }
+
+# until_ok SECONDS CMD...: run CMD every 0.05 s until it succeeds.
+until_ok ()
+{
+  local i n=$(( $1 * 20 ))
+  shift
+  for (( i = 0; i < n; i++ )); do
+    "$@" && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+img="$tmpdir/disk.img"
+size=$(( 2 * 1024 * 1024 ))
+head -c "$size" /dev/urandom > "$img"
+want=$(sha "$img")
+
+start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
+ctl create keep
+
+# owner NAME: "create --temporary NAME" in the background, its standard
+# input a fifo whose writing end this shell keeps open; sets owner_pid
+# once the snapshot exists.
+owner ()
+{
+  local fd
+  mkfifo "$tmpdir/$1.fifo"
+  # Not the function ctl: $! must be nbdsnapctl itself, not a subshell.
+  "$nbdsnapctl" -s "$tmpdir/admin.sock" create --temporary "$1" \
+    < "$tmpdir/$1.fifo" > "$tmpdir/$1.out" 2>&1 &
+  owner_pid=$!
+  cleanup_fn quiet_kill "$owner_pid"
+  exec {fd}> "$tmpdir/$1.fifo"    # returns once the owner opened it
+  until_ok 30 listed "$1" || fail "temporary snapshot $1 was not created"
+  ctl --json info "$1" | grep -q '"temporary":true' ||
+    fail "$1 is not temporary"
+}
+
+# t1: nobody reads it.
+owner t1
+t1_pid=$owner_pid
+[ "$(storefiles)" -eq 2 ]
+kill -9 "$t1_pid"
+wait "$t1_pid" 2>/dev/null || :
+until_ok 5 eval '! listed t1' ||
+  fail "t1 is still listed 5 s after its owner was killed"
+until_ok 5 eval '[ "$(storefiles)" -eq 1 ]' ||
+  { ls -l "$tmpdir/state"; fail "the files of t1 are left"; }
+
+# t2: an NBD client reads it when its owner is killed.
+owner t2
+t2_pid=$owner_pid
+cp "$img" "$tmpdir/at-t2.img"
+cat > "$tmpdir/client.py" <<'PY'
+import hashlib, nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "sha":
+        try:
+            size, off, d = h.get_size(), 0, hashlib.sha256()
+            while off < size:
+                n = min(1 << 20, size - off)
+                d.update(h.pread(n, off))
+                off += n
+            print("sha", d.hexdigest(), flush=True)
+        except nbd.Error as e:
+            print("err", e.errno, flush=True)
+    elif line.strip() == "close":
+        h.shutdown()
+        del h
+        print("closed", flush=True)
+        break
+PY
+coproc CLIENT { "$PYTHON" "$tmpdir/client.py" "nbd+unix:///t2?socket=$sock"; }
+client_pid=$CLIENT_PID
+cleanup_fn quiet_kill "$client_pid"
+ask ()
+{
+  echo "$1" >&"${CLIENT[1]}"
+  read -r -t 30 reply <&"${CLIENT[0]}" || fail "the client did not answer $1"
+}
+read -r -t 30 reply <&"${CLIENT[0]}" && [ "$reply" = ready ] ||
+  fail "the client did not connect"
+
+head -c "$size" /dev/urandom > "$tmpdir/new.img"
+nbdcopy "$tmpdir/new.img" "$uri"
+
+kill -9 "$t2_pid"
+wait "$t2_pid" 2>/dev/null || :
+until_ok 5 eval '! listed t2' ||
+  fail "t2 is still listed 5 s after its owner was killed"
+! nbdinfo --list "$uri" | grep -q '^export="t2"' ||
+  fail "nbdinfo --list shows t2"
+ask sha
+[ "$reply" = "sha $want" ] || fail "the client of t2 read $reply"
+[ "$(storefiles)" -eq 2 ] || fail "the files of t2 went while it was read"
+ask close
+[ "$reply" = closed ]
+wait "$client_pid" || :
+until_ok 5 eval '[ "$(storefiles)" -eq 1 ]' ||
+  { ls -l "$tmpdir/state"; fail "the files of t2 are left"; }
+
+# The plain snapshot is still there, and exact.
+listed keep || fail "snapshot keep was deleted"
+nbdcopy "nbd+unix:///keep?socket=$sock" "$tmpdir/got.img"
+[ "$(sha "$tmpdir/got.img")" = "$want" ] || fail "snapshot keep changed"

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# nbdsnap test: one server per state directory.  While a first nbdkit
+# serves an image, a second one on the same image and state directory
+# (its own NBD and admin sockets) refuses to start with "state directory
+# in use", and the first one goes on serving, its snapshot intact.  Once
+# the first one stopped, a new one starts on that state directory.
+source "${abs_top_builddir:?}/tests/functions.sh"
+requires nbdcopy --version
+
+ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+sha () { sha256sum < "$1" | cut -d' ' -f1; }
+
+img="$tmpdir/disk.img"
+head -c $(( 1024 * 1024 )) /dev/urandom > "$img"
+cp "$img" "$tmpdir/at-s1.img"
+
+start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
+ctl create s1
+
+status=0
+run_nbdkit -f -U "$tmpdir/second.sock" "$plugin" "$img" \
+           statedir="$tmpdir/state" admin="$tmpdir/admin2.sock" \
+           > "$tmpdir/second.log" 2>&1 || status=$?
+cat "$tmpdir/second.log"
+[ "$status" -ne 0 ] || fail "a second nbdkit started on the state directory"
+[ "$status" -ne 124 ] || fail "the second nbdkit hung"
+grep -q 'state directory in use' "$tmpdir/second.log" ||
+  fail "the second nbdkit did not say 'state directory in use'"
+[ ! -e "$tmpdir/admin2.sock" ] || fail "the second nbdkit left its socket"
+
+# check_s1 WHEN: the first server still serves s1, byte-exact.
+check_s1 ()
+{
+  rm -f "$tmpdir/got.img"
+  nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
+  [ "$(sha "$tmpdir/got.img")" = "$(sha "$tmpdir/at-s1.img")" ] ||
+    fail "snapshot s1 changed ($1)"
+  ctl list | grep -q '^s1 ' || fail "snapshot s1 is not listed ($1)"
+}
+check_s1 "after the second server was refused"
+stop_nbdkit
+
+# The default state directory (FILE.nbdsnap) is locked too, and the
+# second server, refused, leaves the first one's default admin socket be.
+start_nbdkit "$img"
+adm="$img.nbdsnap/admin.sock"
+"$abs_top_builddir/src/nbdsnapctl" -s "$adm" create d1
+status=0
+run_nbdkit -f -U "$tmpdir/second.sock" "$plugin" "$img" \
+           > "$tmpdir/second.log" 2>&1 || status=$?
+cat "$tmpdir/second.log"
+[ "$status" -ne 0 ] && grep -q 'state directory in use' "$tmpdir/second.log" ||
+  fail "a second nbdkit started on the default state directory"
+"$abs_top_builddir/src/nbdsnapctl" -s "$adm" list | grep -q '^d1 ' ||
+  fail "the first server's admin socket no longer answers"
+stop_nbdkit
+
+# Free again once the first server stopped.
+start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
+check_s1 "after a restart"
