@@ -105,10 +105,20 @@ op_create (uint64_t conn, const char *name, bool temporary)
                         "opened read-only): it cannot change, so there is "
                         "nothing to snapshot");
   pthread_mutex_lock (&registry_lock);
-  if (registry_find (name) != NULL) {
+  en = registry_find (name);
+  if (en != NULL) {
+    /* A snapshot deleted with --defer is no longer listed, but the
+     * engine keeps its name until its last client goes: say so, or
+     * "exists" contradicts "list" and "info". */
+    r = en->hidden
+      ? proto_error (PROTO_ERR_EXISTS, EEXIST,
+                     "snapshot %s is being deleted (deferred) and still "
+                     "in use (%u client(s), %u hold(s)): its name is free "
+                     "once they are gone", name, en->clients, en->holds)
+      : proto_error (PROTO_ERR_EXISTS, EEXIST,
+                     "snapshot %s already exists", name);
     pthread_mutex_unlock (&registry_lock);
-    return proto_error (PROTO_ERR_EXISTS, EEXIST,
-                        "snapshot %s already exists", name);
+    return r;
   }
   s = nbdsnap_snap_create (registry_engine, name, temporary);
   if (s == NULL) {

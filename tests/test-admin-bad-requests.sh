@@ -14,7 +14,8 @@
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
@@ -133,5 +134,5 @@ a = json.load(sys.stdin)["admin"]
 assert a["errors"] >= 20, a
 '
 [ "$(sha "$img")" = "$want" ] || fail "the origin changed"
-nbdcopy "$uri" "$tmpdir/origin.img"
+timeout 60 nbdcopy "$uri" "$tmpdir/origin.img"
 [ "$(sha "$tmpdir/origin.img")" = "$want" ] || fail "the origin reads wrong"

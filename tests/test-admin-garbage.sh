@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # nbdsnap test: random bytes on the admin socket change nothing.  100000
 # bytes of /dev/urandom (once without any "\n") are sent on each of
-# several admin connections, one after the other and a few at once, while an NBD client keeps reading the
-# snapshot; every answer the server gives is a JSON line.  Afterwards
-# nbdkit is alive, the admin socket answers hello, no snapshot was created
-# or deleted, the origin (sha256) and the snapshot are intact, and nbdkit
-# stops cleanly.
+# several admin connections, one after the other and a few at once,
+# while an NBD client keeps reading the snapshot; every answer the server
+# gives is a JSON line.  Afterwards nbdkit is alive, the admin socket
+# answers hello, no snapshot was created or deleted, the origin (sha256)
+# and the snapshot are intact, and nbdkit stops cleanly.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
@@ -64,7 +65,7 @@ PY
 }
 
 # A reader of the snapshot, all along.
-nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/during.img" &
+timeout 60 nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/during.img" &
 reader=$!
 
 for i in 1 2 3; do send "$tmpdir/garbage.$i"; done
@@ -82,6 +83,6 @@ assert names == ["s1"], names
 '
 [ "$(sha "$img")" = "$want" ] || fail "the origin changed"
 [ "$(sha "$tmpdir/during.img")" = "$want" ] || fail "the reader read wrong"
-nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/after.img"
+timeout 60 nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/after.img"
 [ "$(sha "$tmpdir/after.img")" = "$want" ] || fail "the snapshot changed"
 stop_nbdkit

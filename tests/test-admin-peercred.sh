@@ -12,7 +12,7 @@ requires test "$(id -u)" -eq 0
 requires setpriv --version
 
 nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { "$nbdsnapctl" -s "$tmpdir/state/admin.sock" "$@"; }
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/state/admin.sock" "$@"; }
 as_nobody () { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
 
 img="$tmpdir/disk.img"

@@ -5,15 +5,17 @@
 # unaligned ends) hit data chunks, chunks that were holes at snapshot time
 # (an incremental backup must copy those too), the short last chunk, and
 # chunks written before and after a second, newer snapshot: changes of the
-# older snapshot is the union, changes of the newer one only what came
-# after it.  Applying the changed extents of the new origin to a copy of
-# the snapshot gives the origin (what an incremental backup relies on).
+# older snapshot is the union (also once the newer one is deleted),
+# changes of the newer one only what came after it.  Applying the changed
+# extents of the new origin to a copy of the snapshot gives the origin
+# (what an incremental backup relies on).
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires qemu-io --version
 requires nbdcopy --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 img="$tmpdir/disk.img"
 C=65536
@@ -57,7 +59,7 @@ PY
 ctl create s1
 check s1                                  # nothing yet
 
-qemu-io -f raw \
+timeout 60 qemu-io -f raw \
   -c "write -P 1 100 10" \
   -c "write -P 2 $(( 5 * C - 1 )) 2" \
   -c "write -P 3 $(( 10 * C )) $(( 3 * C ))" \
@@ -73,20 +75,25 @@ ctl create s2
 check s2
 # Again chunk 0 (already in s1's changes); chunk 13, next to 10-12; chunk
 # 25, a hole; 31, a hole next to the last chunk (changed since s1, not s2).
-qemu-io -f raw \
+timeout 60 qemu-io -f raw \
   -c "write -P 6 0 1" \
   -c "write -P 7 $(( 13 * C + 7 )) 9" \
   -c "write -P 8 $(( 25 * C )) $C" \
   -c "write -P 9 $(( 31 * C + 100 )) 1" \
   "$uri" >/dev/null
 check s2 "0:$C" "$(( 13 * C )):$C" "$(( 25 * C )):$C" "$(( 31 * C )):$C"
-check s1 "0:$C" "$(( 4 * C )):$(( 2 * C ))" "$(( 10 * C )):$(( 4 * C ))" \
-         "$(( 20 * C )):$C" "$(( 25 * C )):$C" \
-         "$(( 31 * C )):$(( size - 31 * C ))"
+s1_all=("0:$C" "$(( 4 * C )):$(( 2 * C ))" "$(( 10 * C )):$(( 4 * C ))"
+        "$(( 20 * C )):$C" "$(( 25 * C )):$C"
+        "$(( 31 * C )):$(( size - 31 * C ))")
+check s1 "${s1_all[@]}"
+# Deleting the newer snapshot keeps what it knew in s1's changes (chunks
+# that were holes included: nothing was copied for them).
+ctl delete s2
+check s1 "${s1_all[@]}"
 
 # An incremental backup: the snapshot's copy + the changed extents of the
 # origin = the origin.
-nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/backup.img"
+timeout 60 nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/backup.img"
 ctl --json changes s1 > "$tmpdir/changes.json"
 nbdsh -u "$uri" -c "
 import json

@@ -8,7 +8,8 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 quiet_kill () { kill "$@" 2>/dev/null || :; }
 
@@ -21,7 +22,7 @@ want=$(sha "$img")
 start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
 ctl create s1
 head -c "$size" /dev/urandom > "$tmpdir/new.img"
-nbdcopy "$tmpdir/new.img" "$uri"
+timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
 
 # An NBD client of s1, driven line by line: "sha" reads the whole export
 # and answers "sha HEX" (or "err ERRNO"), "close" disconnects.
@@ -81,7 +82,7 @@ assert s["state"] == "live" and s["clients"] == 1, s
 '
 ask sha
 [ "$reply" = "sha $want" ] || fail "the connected client read $reply"
-nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
+timeout 60 nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
 [ "$(sha "$tmpdir/got.img")" = "$want" ] ||
   fail "a new client does not read the snapshot's instant"
 

@@ -3,16 +3,19 @@
 # It succeeds at once (exit 0, "deferred": true): the snapshot is no longer
 # listed (nbdsnapctl list, nbdinfo --list), info says not found (exit 5),
 # and new connections to it are refused; the connected client still reads
-# the snapshot's instant, also after more origin writes.  Its files stay in
-# the state directory while the client is connected and are removed after
-# it disconnects; the origin is served throughout.
+# the snapshot's instant, also after more origin writes; creating a new s1
+# meanwhile fails (exit 7) with a message saying s1 is being deleted.  Its
+# files stay in the state directory while the client is connected and are
+# removed after it disconnects, and the name is free again; the origin is
+# served throughout.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires nbdinfo --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 quiet_kill () { kill "$@" 2>/dev/null || :; }
 snapfiles () { ls "$tmpdir/state" | grep '^snap-' || :; }
@@ -24,7 +27,7 @@ want=$(sha "$img")
 
 start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
 ctl create s1
-qemu-io -f raw -c 'write -P 0x21 0 1M' "$uri" >/dev/null
+timeout 60 qemu-io -f raw -c 'write -P 0x21 0 1M' "$uri" >/dev/null
 
 # An NBD client of s1, driven line by line: "sha" reads the whole export
 # and answers "sha HEX" (or "err ERRNO"), "close" disconnects.
@@ -76,15 +79,23 @@ ctl --json list | grep -q '"snapshots":\[\]' || fail "s1 is still listed"
 status=0
 ctl info s1 2>/dev/null || status=$?
 [ "$status" -eq 5 ] || fail "info of a deferred-deleted snapshot: exit $status"
-nbdinfo --list "$uri" > "$tmpdir/list"
+timeout 60 nbdinfo --list "$uri" > "$tmpdir/list"
 ! grep -q '^export="s1"' "$tmpdir/list" || fail "nbdinfo --list shows s1"
 if nbdinfo "nbd+unix:///s1?socket=$sock" > "$tmpdir/info" 2>&1; then
   fail "a new connection to s1 was accepted"
 fi
+# Its name stays taken until then (the engine's names are unique), and
+# the message says why rather than contradicting list and info.
+status=0
+ctl create s1 2> "$tmpdir/err" || status=$?
+cat "$tmpdir/err"
+[ "$status" -eq 7 ] || fail "create s1 while s1 is being deleted: exit $status"
+grep -q 'being deleted' "$tmpdir/err" ||
+  fail "create s1: the message does not say s1 is being deleted"
 
 # The connected client reads its snapshot, even as the origin changes.
 head -c "$size" /dev/urandom > "$tmpdir/new.img"
-nbdcopy "$tmpdir/new.img" "$uri"
+timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
 cmp "$img" "$tmpdir/new.img" || fail "the origin lacks the new bytes"
 ask sha
 [ "$reply" = "sha $want" ] || fail "after the delete the client read $reply"
@@ -100,6 +111,13 @@ done
 [ -z "$(snapfiles)" ] ||
   { ls -l "$tmpdir/state"; fail "the files are left after the client left"; }
 
+# The name is free again.
+cp "$img" "$tmpdir/at-s1b.img"
+ctl create s1
+timeout 60 nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
+cmp "$tmpdir/got.img" "$tmpdir/at-s1b.img" || fail "the new s1 reads wrong"
+ctl delete s1
+
 # The origin is still served.
-nbdcopy "$uri" "$tmpdir/origin.img"
+timeout 60 nbdcopy "$uri" "$tmpdir/origin.img"
 cmp "$tmpdir/origin.img" "$tmpdir/new.img" || fail "the origin reads wrong"

@@ -14,7 +14,8 @@ requires nbdcopy --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 quiet_kill () { kill "$@" 2>/dev/null || :; }
 
@@ -105,7 +106,7 @@ for round in 1 2 3; do
 
   cp "$img" "$tmpdir/at-s0.img"
   ctl create s0 >/dev/null
-  qemu-io -f raw -c 'write -P 0x10 0 2M' "$uri" >/dev/null
+  timeout 60 qemu-io -f raw -c 'write -P 0x10 0 2M' "$uri" >/dev/null
   cp "$img" "$tmpdir/at-s1.img"
   ctl create s1 >/dev/null
 
@@ -116,7 +117,7 @@ for round in 1 2 3; do
   read -r -t 30 reply <&"${READER[0]}" || fail "the reader did not start"
   [ "$reply" = running ] || fail "the reader: $reply"
 
-  nbdcopy "$tmpdir/new.img" "$uri" &
+  timeout 60 nbdcopy "$tmpdir/new.img" "$uri" &
   writer=$!
   # Delete once copy-on-write into s1 has begun (4K chunks with
   # durability=power make it slow enough to be caught in the middle).
@@ -142,7 +143,7 @@ for round in 1 2 3; do
 
   cmp "$img" "$tmpdir/new.img" || fail "round $round: the origin is wrong"
   rm -f "$tmpdir/got.img"
-  nbdcopy "nbd+unix:///s0?socket=$sock" "$tmpdir/got.img"
+  timeout 60 nbdcopy "nbd+unix:///s0?socket=$sock" "$tmpdir/got.img"
   if [ "$(sha "$tmpdir/got.img")" != "$(sha "$tmpdir/at-s0.img")" ]; then
     cmp "$tmpdir/got.img" "$tmpdir/at-s0.img" || :
     fail "round $round: s0 is not its instant after s1 was force-deleted"

@@ -11,7 +11,8 @@ requires nbdinfo --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 quiet_kill () { kill "$@" 2>/dev/null || :; }
 snapfiles () { ls "$tmpdir/state" | grep '^snap-' || :; }
@@ -24,7 +25,7 @@ want=$(sha "$img")
 start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
 ctl create s1
 head -c "$size" /dev/urandom > "$tmpdir/new.img"
-nbdcopy "$tmpdir/new.img" "$uri"
+timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
 
 # An NBD client of s1, driven line by line: "sha" reads the whole export
 # and answers "sha HEX" (or "err ERRNO": in
@@ -96,13 +97,13 @@ fi
 # The server goes on: origin writes and reads, a new snapshot of the
 # same name, while the revoked handle is still open: that handle must
 # not read the new snapshot.
-qemu-io -f raw -c 'write -P 0x5e 1000 70000' "$uri" >/dev/null
-nbdcopy "$uri" "$tmpdir/origin.img"
+timeout 60 qemu-io -f raw -c 'write -P 0x5e 1000 70000' "$uri" >/dev/null
+timeout 60 nbdcopy "$uri" "$tmpdir/origin.img"
 cmp "$tmpdir/origin.img" "$img" || fail "the origin reads wrong"
 cp "$img" "$tmpdir/at-s1b.img"
 ctl create s1
-qemu-io -f raw -c 'write -P 0x5f 0 1M' "$uri" >/dev/null
-nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
+timeout 60 qemu-io -f raw -c 'write -P 0x5f 0 1M' "$uri" >/dev/null
+timeout 60 nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
 [ "$(sha "$tmpdir/got.img")" = "$(sha "$tmpdir/at-s1b.img")" ] ||
   fail "the new snapshot s1 is not its instant"
 ask sha

@@ -11,7 +11,7 @@
 source "${abs_top_builddir:?}/tests/functions.sh"
 
 nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 # expect STATUS CMD...: CMD exits with STATUS and says one line on stderr.
 expect ()

@@ -14,7 +14,7 @@ requires nbdcopy --version
 requires qemu-io --version
 
 nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 # no_snapshots WHEN: nothing listed, nothing in the state directory.
@@ -40,8 +40,8 @@ ctl run --snapshot backup1 --nbd-socket "$sock" -- sh -c '
   [ "$NBDSNAP_EXPORT" = backup1 ]
   [ "$NBDSNAP_SOCKET" = "$tmpdir/admin.sock" ]
   "$nbdsnapctl" --json info backup1 | grep -q "\"temporary\":true"
-  qemu-io -f raw -c "write -P 0x42 0 2M" "$uri" >/dev/null
-  nbdcopy "$NBDSNAP_URI" "$tmpdir/backup.img"
+  timeout 60 qemu-io -f raw -c "write -P 0x42 0 2M" "$uri" >/dev/null
+  timeout 60 nbdcopy "$NBDSNAP_URI" "$tmpdir/backup.img"
   echo "uri: $NBDSNAP_URI"
 ' > "$tmpdir/out" 2>&1 || status=$?
 cat "$tmpdir/out"

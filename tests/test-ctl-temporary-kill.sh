@@ -15,7 +15,7 @@ requires nbdinfo --version
 requires "$PYTHON" -c 'import nbd'
 
 nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 quiet_kill () { kill "$@" 2>/dev/null || :; }
 listed () { ctl --json list | grep -q "\"name\":\"$1\""; }
@@ -108,7 +108,7 @@ read -r -t 30 reply <&"${CLIENT[0]}" && [ "$reply" = ready ] ||
   fail "the client did not connect"
 
 head -c "$size" /dev/urandom > "$tmpdir/new.img"
-nbdcopy "$tmpdir/new.img" "$uri"
+timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
 
 kill -9 "$t2_pid"
 wait "$t2_pid" 2>/dev/null || :
@@ -127,5 +127,5 @@ until_ok 5 eval '[ "$(storefiles)" -eq 1 ]' ||
 
 # The plain snapshot is still there, and exact.
 listed keep || fail "snapshot keep was deleted"
-nbdcopy "nbd+unix:///keep?socket=$sock" "$tmpdir/got.img"
+timeout 60 nbdcopy "nbd+unix:///keep?socket=$sock" "$tmpdir/got.img"
 [ "$(sha "$tmpdir/got.img")" = "$want" ] || fail "snapshot keep changed"

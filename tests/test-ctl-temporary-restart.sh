@@ -3,7 +3,8 @@
 # the server.  With a temporary snapshot t1 (its owner, "nbdsnapctl create
 # --temporary", still running), a snapshot d1 deleted with --defer while an
 # NBD client reads it, and a plain snapshot p1, nbdkit is stopped - once
-# with SIGTERM, once with SIGKILL - and started again on the same state
+# with SIGTERM (the reader disconnecting only then), once with SIGKILL -
+# and started again on the same state
 # directory: t1 and d1 are gone (not listed, not exported, no files), p1 is
 # listed and byte-exact.  The owner of t1 notices that the server went away
 # (exit 3).
@@ -13,7 +14,7 @@ requires nbdinfo --version
 requires "$PYTHON" -c 'import nbd'
 
 nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 quiet_kill () { kill "$@" 2>/dev/null || :; }
 listed () { ctl --json list | grep -q "\"name\":\"$1\""; }
@@ -59,7 +60,7 @@ h.pread(4096, 0)
 print("connected", flush=True)
 sys.stdin.read()
 ' "nbd+unix:///d1?socket=$sock" < "$tmpdir/reader.fifo" \
-    > "$tmpdir/reader.out" 2>&1 &
+    > "$tmpdir/reader.out" 2>&1 {fd}>&- &
   reader=$!
   cleanup_fn quiet_kill "$reader"
   exec {rfd}> "$tmpdir/reader.fifo"
@@ -71,7 +72,16 @@ sys.stdin.read()
     fail "d1 was not deferred"
   [ "$(ls "$tmpdir/state" | grep -c '\.store$')" -eq 3 ]
 
-  if [ "$how" = term ]; then stop_nbdkit; else kill9_nbdkit; fi
+  # nbdkit waits for connected clients before it exits on SIGTERM: let
+  # the reader go once nbdkit was told to stop.
+  if [ "$how" = term ]; then
+    kill "$(cat "$tmpdir/nbdkit.pid")"
+    exec {rfd}>&-
+    stop_nbdkit
+  else
+    kill9_nbdkit
+    exec {rfd}>&-
+  fi
   status=0
   for (( i = 0; i < 300; i++ )); do
     kill -0 "$owner" 2>/dev/null || break
@@ -80,7 +90,7 @@ sys.stdin.read()
   wait "$owner" || status=$?
   cat "$tmpdir/t1.out"
   [ "$status" -eq 3 ] || fail "$how: the owner of t1 exited $status, not 3"
-  exec {fd}>&- {rfd}>&-
+  exec {fd}>&-
   wait "$reader" || :
 
   start_nbdkit "${args[@]}"
@@ -94,7 +104,7 @@ assert names == ["p1"], "after a restart (%s): %r" % (sys.argv[1], names)
   [ "$(ls "$tmpdir/state" | grep -c '\.store$')" -eq 1 ] ||
     { ls -l "$tmpdir/state"; fail "$how: files of t1 or d1 are left"; }
   rm -f "$tmpdir/got.img"
-  nbdcopy "nbd+unix:///p1?socket=$sock" "$tmpdir/got.img"
+  timeout 60 nbdcopy "nbd+unix:///p1?socket=$sock" "$tmpdir/got.img"
   [ "$(sha "$tmpdir/got.img")" = "$(sha "$tmpdir/at-p1.img")" ] ||
     fail "$how: p1 is not its instant"
   stop_nbdkit

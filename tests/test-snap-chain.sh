@@ -9,7 +9,8 @@ requires nbdcopy --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
@@ -22,7 +23,7 @@ start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
 check ()
 {
   rm -f "$tmpdir/got.img"
-  nbdcopy "nbd+unix:///$1?socket=$sock" "$tmpdir/got.img"
+  timeout 60 nbdcopy "nbd+unix:///$1?socket=$sock" "$tmpdir/got.img"
   if [ "$(sha "$tmpdir/got.img")" != "$(sha "$tmpdir/at-$1.img")" ]; then
     cmp "$tmpdir/got.img" "$tmpdir/at-$1.img" || :
     fail "snapshot $1 is not its instant ($2)"
@@ -31,25 +32,25 @@ check ()
 
 cp "$img" "$tmpdir/at-s1.img"
 ctl create s1
-qemu-io -f raw -c 'write -P 0x01 100000 200000' \
+timeout 60 qemu-io -f raw -c 'write -P 0x01 100000 200000' \
                -c 'write -P 0x02 1M 64k' "$uri" >/dev/null
 
 cp "$img" "$tmpdir/at-s2.img"
 ctl create s2
 # Chunks written before s2 and again, chunks first written now, the tail.
-qemu-io -f raw -c 'write -P 0x03 150000 300000' \
+timeout 60 qemu-io -f raw -c 'write -P 0x03 150000 300000' \
                -c 'write -P 0x04 1500000 10' "$uri" >/dev/null
 nbdsh -u "$uri" -c "h.pwrite(b'\\x05' * 5000, $size - 5000)"
 
 cp "$img" "$tmpdir/at-s3.img"
 ctl create s3
-qemu-io -f raw -c 'write -P 0x06 0 400000' \
+timeout 60 qemu-io -f raw -c 'write -P 0x06 0 400000' \
                -c 'write -P 0x07 1M 1' "$uri" >/dev/null
 
 for s in s1 s2 s3; do check $s "after partial overwrites"; done
 
 head -c "$size" /dev/urandom > "$tmpdir/new.img"
-nbdcopy "$tmpdir/new.img" "$uri"
+timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
 cmp "$img" "$tmpdir/new.img" || fail "the origin lacks the new bytes"
 for s in s1 s2 s3; do check $s "after a full overwrite"; done
 

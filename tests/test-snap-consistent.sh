@@ -6,12 +6,15 @@
 # they write, snapshots are taken one after the other.  In every snapshot,
 # for every client: each write is there whole or not at all (no torn
 # write across chunks), the writes that are there are a prefix of the
-# client's sequence (a write never shows without the ones before it), and
-# a later snapshot never has fewer of them than an earlier one.
+# client's sequence (a write never shows without the ones before it), a
+# later snapshot never has fewer of them than an earlier one, every write
+# that returned before "create" was run is there, and none that started
+# after "create" returned.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 img="$tmpdir/disk.img"
 region=$(( 2 * 1024 * 1024 ))
@@ -41,11 +44,15 @@ for c in 0 1 2 3; do
 import nbd, sys
 sys.path.insert(0, sys.argv[3])
 from common import *
+import time
 client = int(sys.argv[2])
 h = nbd.NBD()
 h.connect_uri(sys.argv[1])
-for j in range(N - 1):
-    h.pwrite(data(client, j), offset(client, j), nbd.CMD_FLAG_FUA)
+with open("%s/w%d.log" % (sys.argv[3], client), "w") as log:
+    for j in range(N - 1):
+        t0 = time.time()
+        h.pwrite(data(client, j), offset(client, j), nbd.CMD_FLAG_FUA)
+        print(j, t0, time.time(), file=log)
 PY
   pids+=($!)
 done
@@ -53,7 +60,9 @@ done
 # Snapshots while they write (at most 10).
 snaps=()
 for (( i = 1; i <= 10; i++ )); do
+  t0=$EPOCHREALTIME
   ctl create "p$i" >/dev/null
+  echo "p$i $t0 $EPOCHREALTIME" >> "$tmpdir/snaps.log"
   snaps+=("p$i")
   running=0
   for p in "${pids[@]}"; do
@@ -71,6 +80,12 @@ sys.path.insert(0, sys.argv[2])
 from common import *
 sock, tmpdir, snaps = sys.argv[1], sys.argv[2], sys.argv[3:]
 orig = open(tmpdir + "/orig.img", "rb").read()
+# When each snapshot was asked for and answered; when each write started
+# and returned (one clock: time.time () and bash's EPOCHREALTIME).
+when = {l.split()[0]: [float(x) for x in l.split()[1:]]
+        for l in open(tmpdir + "/snaps.log")}
+writes = [[[float(x) for x in l.split()[1:]]
+           for l in open("%s/w%d.log" % (tmpdir, c))] for c in range(4)]
 prev = [0] * 4
 middle = 0
 for name in snaps:
@@ -91,6 +106,16 @@ for name in snaps:
             else:
                 raise AssertionError("%s: client %d write %d is torn"
                                      % (name, client, j))
+        asked, answered = when[name]
+        for j, (start, end) in enumerate(writes[client]):
+            if end < asked:
+                assert present[j], "%s: client %d write %d returned " \
+                    "before the snapshot was asked for, but is not in it" \
+                    % (name, client, j)
+            if start > answered:
+                assert not present[j], "%s: client %d write %d started " \
+                    "after the snapshot was taken, but is in it" \
+                    % (name, client, j)
         k = present.index(False) if False in present else len(present)
         assert not any(present[k:]), \
             "%s: client %d: write %d is there but write %d is not" \

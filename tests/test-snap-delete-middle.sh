@@ -10,7 +10,8 @@ requires nbdcopy --version
 requires nbdinfo --version
 requires qemu-io --version
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
@@ -22,7 +23,7 @@ start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
 check ()
 {
   rm -f "$tmpdir/got.img"
-  nbdcopy "nbd+unix:///$1?socket=$sock" "$tmpdir/got.img"
+  timeout 60 nbdcopy "nbd+unix:///$1?socket=$sock" "$tmpdir/got.img"
   if [ "$(sha "$tmpdir/got.img")" != "$(sha "$tmpdir/at-$1.img")" ]; then
     cmp "$tmpdir/got.img" "$tmpdir/at-$1.img" || :
     fail "snapshot $1 is not its instant ($2)"
@@ -31,13 +32,14 @@ check ()
 
 cp "$img" "$tmpdir/at-s1.img"
 ctl create s1
-qemu-io -f raw -c 'write -P 0x01 0 128k' "$uri" >/dev/null        # into s1
+# Copied into s1, into s2, into s3.
+timeout 60 qemu-io -f raw -c 'write -P 0x01 0 128k' "$uri" >/dev/null
 cp "$img" "$tmpdir/at-s2.img"
 ctl create s2
-qemu-io -f raw -c 'write -P 0x02 512k 256k' "$uri" >/dev/null     # into s2
+timeout 60 qemu-io -f raw -c 'write -P 0x02 512k 256k' "$uri" >/dev/null
 cp "$img" "$tmpdir/at-s3.img"
 ctl create s3
-qemu-io -f raw -c 'write -P 0x03 600k 600k' "$uri" >/dev/null     # into s3
+timeout 60 qemu-io -f raw -c 'write -P 0x03 600k 600k' "$uri" >/dev/null
 
 ctl --json info s2 > "$tmpdir/s2.json"
 "$PYTHON" -c '
@@ -65,5 +67,5 @@ fi
   { ls -l "$tmpdir/state"; fail "the store of s2 was not removed"; }
 
 # More writes over everything that was copied; the survivors hold.
-qemu-io -f raw -c 'write -P 0x04 0 1536k' "$uri" >/dev/null
+timeout 60 qemu-io -f raw -c 'write -P 0x04 0 1536k' "$uri" >/dev/null
 for s in s1 s3; do check $s "after more writes"; done

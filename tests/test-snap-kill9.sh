@@ -12,7 +12,8 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 quiet_kill () { kill "$@" 2>/dev/null || :; }
@@ -51,7 +52,7 @@ copied ()
 check ()
 {
   rm -f "$tmpdir/got.img"
-  nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
+  timeout 60 nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
   if [ "$(sha "$tmpdir/got.img")" != "$(sha "$tmpdir/at-s1.img")" ]; then
     cmp "$tmpdir/got.img" "$tmpdir/at-s1.img" || :
     fail "durability=$mode: the snapshot is not its instant ($1)"
@@ -115,7 +116,7 @@ print(json.load(sys.stdin)["snapshot"]["state"])')" = live ] ||
   check "after kill -9 and a restart"
 
   head -c "$size" /dev/urandom > "$tmpdir/new.img"
-  nbdcopy "$tmpdir/new.img" "$uri"
+  timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
   cmp "$img" "$tmpdir/new.img" || fail "the origin lacks the new bytes"
   check "after a full overwrite following the restart"
   stop_nbdkit

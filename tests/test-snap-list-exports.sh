@@ -8,7 +8,8 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdinfo --version
 requires qemu-io --version
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 img="$tmpdir/disk.img"
 size=$(( 3 * 1024 * 1024 + 5 ))
@@ -16,13 +17,14 @@ head -c "$size" /dev/urandom > "$img"
 
 start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
 ctl create nightly
-qemu-io -f raw -c 'write -P 1 0 100k' "$uri" >/dev/null      # 2 chunks
+# 2 chunks copied
+timeout 60 qemu-io -f raw -c 'write -P 1 0 100k' "$uri" >/dev/null
 ctl create backup.2024-01-01_x
 
 # check_list NAME...: the listed exports are "" and NAME..., described.
 check_list ()
 {
-  nbdinfo --json --list "$uri" > "$tmpdir/list.json"
+  timeout 60 nbdinfo --json --list "$uri" > "$tmpdir/list.json"
   ctl --json list > "$tmpdir/ctl.json"
   "$PYTHON" - "$tmpdir/list.json" "$tmpdir/ctl.json" "$size" "$@" <<'PY'
 import json, sys

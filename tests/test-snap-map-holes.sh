@@ -9,7 +9,8 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdinfo --version
 requires nbdcopy --version
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
@@ -69,7 +70,7 @@ ctl create s1
 # nbdinfo --map as "offset length data|hole", merged.
 snap_map ()
 {
-  nbdinfo --map --json "$snapuri" |
+  timeout 60 nbdinfo --map --json "$snapuri" |
     "$PYTHON" -c '
 import json, sys
 out = []
@@ -92,14 +93,14 @@ diff -u "$tmpdir/want-map" "$tmpdir/map-1" ||
 
 # Fill the origin entirely, holes included.
 head -c "$size" /dev/urandom > "$tmpdir/new.img"
-nbdcopy "$tmpdir/new.img" "$uri"
+timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
 cmp "$img" "$tmpdir/new.img"
 
 snap_map > "$tmpdir/map-2"
 diff -u "$tmpdir/want-map" "$tmpdir/map-2" ||
   fail "the snapshot's holes changed when the origin was written"
 
-nbdcopy "$snapuri" "$tmpdir/got.img"
+timeout 60 nbdcopy "$snapuri" "$tmpdir/got.img"
 [ "$(sha "$tmpdir/got.img")" = "$(sha "$tmpdir/at-s1.img")" ] ||
   fail "the snapshot's bytes are not the image's at snapshot time"
 # 4 data chunks + the short one: far less than the 65 chunks.

@@ -7,7 +7,8 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 img="$tmpdir/disk.img"
 size=$(( 1024 * 1024 + 4097 ))
@@ -17,7 +18,8 @@ cp "$img" "$tmpdir/at-s1.img"
 start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
 ctl create s1
 # Copy the last, short chunk.
-qemu-io -f raw -c "write -P 0x99 $(( size - 4097 )) 4097" "$uri" >/dev/null
+timeout 60 qemu-io -f raw -c "write -P 0x99 $(( size - 4097 )) 4097" \
+  "$uri" >/dev/null
 
 nbdsh -c "
 import errno

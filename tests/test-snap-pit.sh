@@ -11,7 +11,8 @@ requires qemu-io --version
 requires qemu-img --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
@@ -28,28 +29,28 @@ cp "$img" "$tmpdir/at-s1.img"
 ctl create s1
 
 # Partial overwrites: two chunks and a bit, then the tail across EOF.
-qemu-io -f raw -c 'write -P 0x11 0 140000' "$uri" >/dev/null
+timeout 60 qemu-io -f raw -c 'write -P 0x11 0 140000' "$uri" >/dev/null
 nbdsh -u "$uri" -c "h.pwrite(b'\\x77' * 70000, $size - 70000)"
-nbdcopy "$snapuri" "$tmpdir/s1-a.img"
+timeout 60 nbdcopy "$snapuri" "$tmpdir/s1-a.img"
 [ "$(sha "$tmpdir/s1-a.img")" = "$(sha "$tmpdir/at-s1.img")" ] ||
   fail "snapshot changed by partial origin writes"
 
 # Overwrite every byte.
 head -c "$size" /dev/urandom > "$tmpdir/new.img"
-nbdcopy "$tmpdir/new.img" "$uri"
+timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
 cmp "$img" "$tmpdir/new.img" || fail "the origin lacks the new bytes"
 
-nbdcopy "$snapuri" "$tmpdir/s1-b.img"
+timeout 60 nbdcopy "$snapuri" "$tmpdir/s1-b.img"
 [ "$(sha "$tmpdir/s1-b.img")" = "$(sha "$tmpdir/at-s1.img")" ] ||
   fail "snapshot changed by the full overwrite (nbdcopy)"
 # QEMU's NBD client rounds the size up to 512 bytes and reads the
 # padding as zeros: compare the image's bytes, then the padding.
-qemu-img convert -f raw -O raw "$snapuri" "$tmpdir/s1-c.img"
+timeout 60 qemu-img convert -f raw -O raw "$snapuri" "$tmpdir/s1-c.img"
 [ "$(stat -c %s "$tmpdir/s1-c.img")" -eq $(( (size + 511) / 512 * 512 )) ] ||
   fail "qemu-img convert: wrong size"
 [ "$(head -c "$size" "$tmpdir/s1-c.img" | sha256sum | cut -d' ' -f1)" \
   = "$(sha "$tmpdir/at-s1.img")" ] ||
-  fail "snapshot changed by the full overwrite (qemu-img convert)"
+  fail "snapshot changed by the full overwrite (timeout 60 qemu-img convert)"
 tail -c +$(( size + 1 )) "$tmpdir/s1-c.img" | cmp -s - <(head -c \
   $(( (size + 511) / 512 * 512 - size )) /dev/zero) ||
   fail "qemu-img convert: padding is not zeros"

@@ -11,7 +11,8 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 img="$tmpdir/disk.img"
 C=65536
@@ -42,7 +43,7 @@ ctl create s1
 
 # Copy chunks 1, 3, 5, 6 and the last one; chunk 2 stays uncopied; write
 # into the hole (chunk 4, not a candidate: never copied).
-qemu-io -f raw \
+timeout 60 qemu-io -f raw \
   -c "write -P 0xee $(( C + 100 )) 1000" \
   -c "write -P 0xee $(( 3 * C + 10 )) 5" \
   -c "write -P 0xee $(( 4 * C + 100 )) 2000" \
@@ -59,7 +60,7 @@ assert s["chunks_copied"] == 5, s       # 1, 3, 5, 6, 8
 
 # One pattern across copied (1), uncopied (2) and copied (3) chunks,
 # unaligned at both ends; the hole; inside a copied chunk.
-qemu-io -r -f raw \
+timeout 60 qemu-io -r -f raw \
   -c "read -P 0x5a $(( C + 7 )) $(( 4 * C - 9 - C - 7 ))" \
   -c "read -P 0x00 $(( 4 * C + 1 )) $(( C - 2 ))" \
   -c "read -P 0x66 $(( 6 * C + 3 )) $(( C - 4 ))" \

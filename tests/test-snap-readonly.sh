@@ -11,7 +11,8 @@ requires nbdcopy --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
@@ -23,7 +24,7 @@ start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
 snapuri="nbd+unix:///s1?socket=$sock"
 ctl create s1
 # One copied chunk, so that the store has something a write could hit.
-qemu-io -f raw -c 'write -P 0x33 0 4k' "$uri" >/dev/null
+timeout 60 qemu-io -f raw -c 'write -P 0x33 0 4k' "$uri" >/dev/null
 cp "$img" "$tmpdir/origin.img"
 store_before=$(sha "$(ls "$tmpdir"/state/snap-*.store)")
 
@@ -64,7 +65,7 @@ refused('zero NO_HOLE', lambda: h.zero(4096, 0, nbd.CMD_FLAG_NO_HOLE), w)
 assert h.pread(8192, 0) == before
 "
 
-nbdcopy "$snapuri" "$tmpdir/got.img"
+timeout 60 nbdcopy "$snapuri" "$tmpdir/got.img"
 [ "$(sha "$tmpdir/got.img")" = "$(sha "$tmpdir/at-s1.img")" ] ||
   fail "the snapshot's bytes changed"
 [ "$(sha "$(ls "$tmpdir"/state/snap-*.store)")" = "$store_before" ] ||
@@ -80,7 +81,7 @@ if qemu-io -f raw -c 'write -P 0x44 0 64k' "$snapuri" \
   fail "qemu-io wrote to the snapshot"
 fi
 cat "$tmpdir/qemu-io.out"
-nbdcopy "$snapuri" "$tmpdir/got.img"
+timeout 60 nbdcopy "$snapuri" "$tmpdir/got.img"
 [ "$(sha "$tmpdir/got.img")" = "$(sha "$tmpdir/at-s1.img")" ] ||
   fail "the snapshot's bytes changed after qemu-io"
 cmp "$img" "$tmpdir/origin.img" || fail "the origin changed after qemu-io"

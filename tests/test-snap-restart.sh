@@ -10,7 +10,8 @@ requires nbdcopy --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
@@ -22,7 +23,7 @@ args=("$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
 check ()
 {
   rm -f "$tmpdir/got.img"
-  nbdcopy "nbd+unix:///$1?socket=$sock" "$tmpdir/got.img"
+  timeout 60 nbdcopy "nbd+unix:///$1?socket=$sock" "$tmpdir/got.img"
   if [ "$(sha "$tmpdir/got.img")" != "$(sha "$tmpdir/at-$1.img")" ]; then
     cmp "$tmpdir/got.img" "$tmpdir/at-$1.img" || :
     fail "snapshot $1 is not its instant ($2)"
@@ -43,10 +44,10 @@ for s in json.load(sys.stdin)["snapshots"]:
 start_nbdkit "${args[@]}"
 cp "$img" "$tmpdir/at-s1.img"
 ctl create s1
-qemu-io -f raw -c 'write -P 0x01 0 300k' "$uri" >/dev/null
+timeout 60 qemu-io -f raw -c 'write -P 0x01 0 300k' "$uri" >/dev/null
 cp "$img" "$tmpdir/at-s2.img"
 ctl create s2
-qemu-io -f raw -c 'write -P 0x02 200k 400k' "$uri" >/dev/null
+timeout 60 qemu-io -f raw -c 'write -P 0x02 200k 400k' "$uri" >/dev/null
 for s in s1 s2; do check $s "before the restart"; done
 listing > "$tmpdir/before"
 cat "$tmpdir/before"
@@ -61,7 +62,7 @@ diff -u "$tmpdir/before" "$tmpdir/after" ||
 for s in s1 s2; do check $s "after the restart"; done
 
 # Over chunks copied before the restart and chunks never copied.
-qemu-io -f raw -c 'write -P 0x03 0 1M' -c 'write -P 0x04 3M 100k' \
+timeout 60 qemu-io -f raw -c 'write -P 0x03 0 1M' -c 'write -P 0x04 3M 100k' \
   "$uri" >/dev/null
 nbdsh -u "$uri" -c "h.pwrite(b'\\x05' * 3000, $size - 3000)"
 for s in s1 s2; do check $s "after writes following the restart"; done

@@ -7,7 +7,8 @@
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 
-ctl () { "$abs_top_builddir/src/nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
@@ -32,7 +33,7 @@ grep -q 'state directory in use' "$tmpdir/second.log" ||
 check_s1 ()
 {
   rm -f "$tmpdir/got.img"
-  nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
+  timeout 60 nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
   [ "$(sha "$tmpdir/got.img")" = "$(sha "$tmpdir/at-s1.img")" ] ||
     fail "snapshot s1 changed ($1)"
   ctl list | grep -q '^s1 ' || fail "snapshot s1 is not listed ($1)"
