@@ -143,7 +143,10 @@ op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode)
   bool deferred = false;
 
   pthread_mutex_lock (&registry_lock);
-  en = find_visible (name);
+  /* --force also finds a snapshot hidden by an earlier --defer: it is how
+   * to get rid of one whose last client does not go away. */
+  en = mode == PROTO_DELETE_FORCE ? registry_find (name)
+    : find_visible (name);
   if (en == NULL) {
     r = not_found (name);
     goto out;

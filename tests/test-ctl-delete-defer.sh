@@ -53,7 +53,9 @@ for line in sys.stdin:
         print("closed", flush=True)
         break
 PY
-coproc CLIENT { "$PYTHON" "$tmpdir/client.py" "nbd+unix:///s1?socket=$sock"; }
+coproc CLIENT {
+  exec "$PYTHON" "$tmpdir/client.py" "nbd+unix:///s1?socket=$sock"
+}
 client_pid=$CLIENT_PID
 cleanup_fn quiet_kill "$client_pid"
 ask ()

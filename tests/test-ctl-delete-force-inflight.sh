@@ -110,7 +110,7 @@ for round in 1 2 3; do
   cp "$img" "$tmpdir/at-s1.img"
   ctl create s1 >/dev/null
 
-  coproc READER { "$PYTHON" "$tmpdir/reader.py" \
+  coproc READER { exec "$PYTHON" "$tmpdir/reader.py" \
                     "nbd+unix:///s1?socket=$sock" "$tmpdir/at-s1.img"; }
   reader_pid=$READER_PID
   cleanup_fn quiet_kill "$reader_pid"

@@ -2,9 +2,11 @@
 # nbdsnap test: delete --force of a snapshot with an NBD client connected.
 # It succeeds (exit 0, "revoked": 1); the client's handle shows as revoked
 # in "clients"; the client's next read fails with ESHUTDOWN, never wrong
-# data, and so does the one after; new connections are refused; the
-# snapshot's files are gone once the client disconnected; the server goes
-# on serving the origin (writes and reads) and snapshots taken later.
+# data, and so does the one after; new connections are refused; the server
+# goes on serving the origin (writes and reads); a new snapshot of the same
+# name reads its own instant while the revoked handle, still open, keeps
+# failing with ESHUTDOWN; the old snapshot's files are gone once the
+# client disconnected.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires nbdinfo --version
@@ -28,8 +30,8 @@ head -c "$size" /dev/urandom > "$tmpdir/new.img"
 timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
 
 # An NBD client of s1, driven line by line: "sha" reads the whole export
-# and answers "sha HEX" (or "err ERRNO": in
-# nbdsh, e.errnum == errno.ESHUTDOWN is "err ESHUTDOWN"), "close" disconnects.
+# and answers "sha HEX" or "err ERRNO" (e.errnum == errno.ESHUTDOWN gives
+# "err ESHUTDOWN"), "close" disconnects.
 cat > "$tmpdir/client.py" <<'PY'
 import hashlib, nbd, sys
 h = nbd.NBD()
@@ -52,7 +54,9 @@ for line in sys.stdin:
         print("closed", flush=True)
         break
 PY
-coproc CLIENT { "$PYTHON" "$tmpdir/client.py" "nbd+unix:///s1?socket=$sock"; }
+coproc CLIENT {
+  exec "$PYTHON" "$tmpdir/client.py" "nbd+unix:///s1?socket=$sock"
+}
 client_pid=$CLIENT_PID
 cleanup_fn quiet_kill "$client_pid"
 ask ()

@@ -34,7 +34,7 @@ size=$(( 1024 * 1024 + 4096 ))
 args=("$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock")
 
 for how in term kill; do
-  rm -rf "$tmpdir/state" "$tmpdir"/*.fifo
+  rm -rf "$tmpdir/state" "$tmpdir"/*.fifo "$tmpdir"/*.out
   head -c "$size" /dev/urandom > "$img"
   cp "$img" "$tmpdir/at-p1.img"
   start_nbdkit "${args[@]}"
@@ -68,6 +68,7 @@ sys.stdin.read()
     grep -q connected "$tmpdir/reader.out" && break
     sleep 0.05
   done
+  grep -q connected "$tmpdir/reader.out" || fail "the reader did not connect"
   ctl --json delete --defer d1 | grep -q '"deferred":true' ||
     fail "d1 was not deferred"
   [ "$(ls "$tmpdir/state" | grep -c '\.store$')" -eq 3 ]
@@ -99,7 +100,9 @@ import json, sys
 names = [s["name"] for s in json.load(sys.stdin)["snapshots"]]
 assert names == ["p1"], "after a restart (%s): %r" % (sys.argv[1], names)
 ' "$how"
-  ! nbdinfo --list "$uri" | grep -q '^export="\(t1\|d1\)"' ||
+  timeout 60 nbdinfo --list "$uri" > "$tmpdir/list" ||
+    fail "$how: nbdinfo --list failed"
+  ! grep -q '^export="\(t1\|d1\)"' "$tmpdir/list" ||
     fail "$how: t1 or d1 is exported after the restart"
   [ "$(ls "$tmpdir/state" | grep -c '\.store$')" -eq 1 ] ||
     { ls -l "$tmpdir/state"; fail "$how: files of t1 or d1 are left"; }

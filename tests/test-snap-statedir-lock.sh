@@ -19,9 +19,10 @@ start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
 ctl create s1
 
 status=0
-run_nbdkit -f -U "$tmpdir/second.sock" "$plugin" "$img" \
+# --run: were it to start, it would exit 0 at once rather than serve.
+run_nbdkit -U "$tmpdir/second.sock" "$plugin" "$img" \
            statedir="$tmpdir/state" admin="$tmpdir/admin2.sock" \
-           > "$tmpdir/second.log" 2>&1 || status=$?
+           --run true > "$tmpdir/second.log" 2>&1 || status=$?
 cat "$tmpdir/second.log"
 [ "$status" -ne 0 ] || fail "a second nbdkit started on the state directory"
 [ "$status" -ne 124 ] || fail "the second nbdkit hung"
@@ -47,7 +48,7 @@ start_nbdkit "$img"
 adm="$img.nbdsnap/admin.sock"
 "$abs_top_builddir/src/nbdsnapctl" -s "$adm" create d1
 status=0
-run_nbdkit -f -U "$tmpdir/second.sock" "$plugin" "$img" \
+run_nbdkit -U "$tmpdir/second.sock" "$plugin" "$img" --run true \
            > "$tmpdir/second.log" 2>&1 || status=$?
 cat "$tmpdir/second.log"
 [ "$status" -ne 0 ] && grep -q 'state directory in use' "$tmpdir/second.log" ||

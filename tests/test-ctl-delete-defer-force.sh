@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# nbdsnap test: delete --force of a snapshot already deleted with --defer,
+# whose client does not go away.  After --defer, s1 is hidden and its
+# client still reads it; --force then finds it (exit 0, "revoked": 1), the
+# client's next read fails with ESHUTDOWN, and once the client is gone the
+# files are removed and the name is free; a plain delete or info still
+# says not found (exit 5).
+source "${abs_top_builddir:?}/tests/functions.sh"
+requires nbdcopy --version
+requires "$PYTHON" -c 'import nbd'
+
+nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
+ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
+sha () { sha256sum < "$1" | cut -d' ' -f1; }
+quiet_kill () { kill "$@" 2>/dev/null || :; }
+snapfiles () { ls "$tmpdir/state" | grep '^snap-' || :; }
+
+img="$tmpdir/disk.img"
+size=$(( 1024 * 1024 + 333 ))
+head -c "$size" /dev/urandom > "$img"
+want=$(sha "$img")
+
+start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
+ctl create s1
+head -c "$size" /dev/urandom > "$tmpdir/new.img"
+timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
+
+# An NBD client of s1, driven line by line: "sha" reads the whole export
+# and answers "sha HEX" (or "err ERRNO"), "close" disconnects.
+cat > "$tmpdir/client.py" <<'PY'
+import hashlib, nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "sha":
+        try:
+            size, off, d = h.get_size(), 0, hashlib.sha256()
+            while off < size:
+                n = min(1 << 20, size - off)
+                d.update(h.pread(n, off))
+                off += n
+            print("sha", d.hexdigest(), flush=True)
+        except nbd.Error as e:
+            print("err", e.errno, flush=True)
+    elif line.strip() == "close":
+        h.shutdown()
+        del h
+        print("closed", flush=True)
+        break
+PY
+coproc CLIENT {
+  exec "$PYTHON" "$tmpdir/client.py" "nbd+unix:///s1?socket=$sock"
+}
+client_pid=$CLIENT_PID
+cleanup_fn quiet_kill "$client_pid"
+ask ()
+{
+  echo "$1" >&"${CLIENT[1]}"
+  read -r -t 30 reply <&"${CLIENT[0]}" || fail "the client did not answer $1"
+}
+read -r -t 30 reply <&"${CLIENT[0]}" && [ "$reply" = ready ] ||
+  fail "the client did not connect"
+
+ask sha
+[ "$reply" = "sha $want" ] || fail "before the delete the client read $reply"
+
+ctl --json delete --defer s1 | grep -q '"deferred":true' ||
+  fail "s1 was not deferred"
+ask sha
+[ "$reply" = "sha $want" ] || fail "after --defer the client read $reply"
+for cmd in "delete s1" "delete --defer s1" "info s1"; do
+  status=0
+  ctl $cmd 2>/dev/null || status=$?
+  [ "$status" -eq 5 ] || fail "$cmd after --defer: exit $status, not 5"
+done
+
+ctl --json delete --force s1 > "$tmpdir/out.json" ||
+  { cat "$tmpdir/out.json"; fail "delete --force of a deferred snapshot"; }
+grep -q '"revoked":1' "$tmpdir/out.json" ||
+  { cat "$tmpdir/out.json"; fail "the client of s1 was not revoked"; }
+ask sha
+[ "$reply" = "err ESHUTDOWN" ] ||
+  fail "a read on the revoked handle gave: $reply (expected ESHUTDOWN)"
+
+ask close
+[ "$reply" = closed ]
+wait "$client_pid" || :
+for (( i = 0; i < 100; i++ )); do
+  [ -n "$(snapfiles)" ] || break
+  sleep 0.1
+done
+[ -z "$(snapfiles)" ] ||
+  { ls -l "$tmpdir/state"; fail "the files are left after the client left"; }
+ctl create s1
+ctl delete s1
