@@ -92,6 +92,21 @@ find_visible (const char *name)
   return en && !en->hidden ? en : NULL;
 }
 
+/* Holds and temporary snapshots one admin connection may own: enough for
+ * any script, and a bound on the memory a client can make us keep. */
+#define MAX_OWNED_PER_CONN 1024
+
+static int
+owned_count (uint64_t conn)
+{
+  struct owned *o;
+  int n = 0;
+
+  for (o = registry_owned; o != NULL; o = o->next)
+    n += o->conn == conn;
+  return n;
+}
+
 static json_t *
 op_create (uint64_t conn, const char *name, bool temporary)
 {
@@ -119,6 +134,13 @@ op_create (uint64_t conn, const char *name, bool temporary)
                      "snapshot %s already exists", name);
     pthread_mutex_unlock (&registry_lock);
     return r;
+  }
+  if (temporary && owned_count (conn) >= MAX_OWNED_PER_CONN) {
+    pthread_mutex_unlock (&registry_lock);
+    return proto_error (PROTO_ERR_LIMIT, EAGAIN,
+                        "this connection already owns %d pins and temporary "
+                        "snapshots, the most one connection may",
+                        MAX_OWNED_PER_CONN);
   }
   s = nbdsnap_snap_create (registry_engine, name, temporary);
   if (s == NULL) {
@@ -277,9 +299,15 @@ op_hold (uint64_t conn, const char *name)
   en = find_visible (name);
   if (en == NULL)
     r = not_found (name);
+  else if (owned_count (conn) >= MAX_OWNED_PER_CONN)
+    r = proto_error (PROTO_ERR_LIMIT, EAGAIN,
+                     "this connection already owns %d pins and temporary "
+                     "snapshots, the most one connection may",
+                     MAX_OWNED_PER_CONN);
+  else if (registry_owned_add (conn, en, false) == -1)
+    r = NULL;
   else {
     en->holds++;
-    registry_owned_add (conn, en, false);
     r = holds_reply (en);
   }
   pthread_mutex_unlock (&registry_lock);

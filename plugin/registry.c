@@ -73,20 +73,21 @@ entry_unlink_free (struct snap_entry *en)
   free (en);
 }
 
-void
+int
 registry_owned_add (uint64_t conn, struct snap_entry *en, bool temporary)
 {
   struct owned *o = calloc (1, sizeof *o);
 
   if (o == NULL) {
     nbdkit_error ("calloc: %m");
-    return;
+    return -1;
   }
   o->conn = conn;
   o->en = en;
   o->temporary = temporary;
   o->next = registry_owned;
   registry_owned = o;
+  return 0;
 }
 
 static void

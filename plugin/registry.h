@@ -104,8 +104,8 @@ extern pthread_mutex_t registry_lock;
 extern struct snap_entry *registry_entries;
 extern struct conn *registry_conns;
 extern struct owned *registry_owned;
-extern void registry_owned_add (uint64_t conn, struct snap_entry *en,
-                                bool temporary);
+extern int registry_owned_add (uint64_t conn, struct snap_entry *en,
+                               bool temporary);
 extern bool registry_readonly;
 extern struct snap_entry *registry_find (const char *name);
 extern struct snap_entry *registry_add (struct nbdsnap_snap *s);

@@ -18,16 +18,6 @@ sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 quiet_kill () { kill "$@" 2>/dev/null || :; }
 
-# SIGKILL the nbdkit of start_nbdkit and reap it; tell functions.sh that
-# it is stopped (its exit status 137 is expected, not a crash).
-kill9_nbdkit ()
-{
-  local pid=${_nbdkit_stop_args[0]}
-  kill -9 "$pid"
-  wait "$pid" 2>/dev/null || :
-  _nbdkit_stopped+=" $pid"
-}
-
 # Wait (at most 30 s) until process $1 is gone.
 wait_gone ()
 {
