@@ -17,7 +17,6 @@ requires "$PYTHON" -c 'import nbd'
 nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
 ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
-quiet_kill () { kill "$@" 2>/dev/null || :; }
 
 img="$tmpdir/disk.img"
 size=$(( 8 * 1024 * 1024 + 3000 ))

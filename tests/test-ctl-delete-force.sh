@@ -16,7 +16,6 @@ requires "$PYTHON" -c 'import nbd'
 nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
 ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
-quiet_kill () { kill "$@" 2>/dev/null || :; }
 snapfiles () { ls "$tmpdir/state" | grep '^snap-' || :; }
 
 img="$tmpdir/disk.img"
@@ -29,43 +28,7 @@ ctl create s1
 head -c "$size" /dev/urandom > "$tmpdir/new.img"
 timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
 
-# An NBD client of s1, driven line by line: "sha" reads the whole export
-# and answers "sha HEX" or "err ERRNO" (e.errnum == errno.ESHUTDOWN gives
-# "err ESHUTDOWN"), "close" disconnects.
-cat > "$tmpdir/client.py" <<'PY'
-import hashlib, nbd, sys
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-print("ready", flush=True)
-for line in sys.stdin:
-    if line.strip() == "sha":
-        try:
-            size, off, d = h.get_size(), 0, hashlib.sha256()
-            while off < size:
-                n = min(1 << 20, size - off)
-                d.update(h.pread(n, off))
-                off += n
-            print("sha", d.hexdigest(), flush=True)
-        except nbd.Error as e:
-            print("err", e.errno, flush=True)
-    elif line.strip() == "close":
-        h.shutdown()
-        del h
-        print("closed", flush=True)
-        break
-PY
-coproc CLIENT {
-  exec "$PYTHON" "$tmpdir/client.py" "nbd+unix:///s1?socket=$sock"
-}
-client_pid=$CLIENT_PID
-cleanup_fn quiet_kill "$client_pid"
-ask ()
-{
-  echo "$1" >&"${CLIENT[1]}"
-  read -r -t 30 reply <&"${CLIENT[0]}" || fail "the client did not answer $1"
-}
-read -r -t 30 reply <&"${CLIENT[0]}" && [ "$reply" = ready ] ||
-  fail "the client did not connect"
+start_client "nbd+unix:///s1?socket=$sock"
 
 ask sha
 [ "$reply" = "sha $want" ] || fail "before the delete the client read $reply"

@@ -10,7 +10,6 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 
 nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
 ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-quiet_kill () { kill "$@" 2>/dev/null || :; }
 holds () {
   ctl --json info "$1" | grep -o '"holds":[0-9]*' | cut -d: -f2
 }

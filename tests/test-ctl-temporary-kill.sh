@@ -17,7 +17,6 @@ requires "$PYTHON" -c 'import nbd'
 nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
 ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
-quiet_kill () { kill "$@" 2>/dev/null || :; }
 listed () { ctl --json list | grep -q "\"name\":\"$1\""; }
 storefiles () { ls "$tmpdir/state" | grep -c '^snap-.*\.store$' || :; }
 
@@ -74,40 +73,7 @@ until_ok 5 eval '[ "$(storefiles)" -eq 1 ]' ||
 owner t2
 t2_pid=$owner_pid
 cp "$img" "$tmpdir/at-t2.img"
-cat > "$tmpdir/client.py" <<'PY'
-import hashlib, nbd, sys
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-print("ready", flush=True)
-for line in sys.stdin:
-    if line.strip() == "sha":
-        try:
-            size, off, d = h.get_size(), 0, hashlib.sha256()
-            while off < size:
-                n = min(1 << 20, size - off)
-                d.update(h.pread(n, off))
-                off += n
-            print("sha", d.hexdigest(), flush=True)
-        except nbd.Error as e:
-            print("err", e.errno, flush=True)
-    elif line.strip() == "close":
-        h.shutdown()
-        del h
-        print("closed", flush=True)
-        break
-PY
-coproc CLIENT {
-  exec "$PYTHON" "$tmpdir/client.py" "nbd+unix:///t2?socket=$sock"
-}
-client_pid=$CLIENT_PID
-cleanup_fn quiet_kill "$client_pid"
-ask ()
-{
-  echo "$1" >&"${CLIENT[1]}"
-  read -r -t 30 reply <&"${CLIENT[0]}" || fail "the client did not answer $1"
-}
-read -r -t 30 reply <&"${CLIENT[0]}" && [ "$reply" = ready ] ||
-  fail "the client did not connect"
+start_client "nbd+unix:///t2?socket=$sock"
 
 head -c "$size" /dev/urandom > "$tmpdir/new.img"
 timeout 60 nbdcopy "$tmpdir/new.img" "$uri"

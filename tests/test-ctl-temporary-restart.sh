@@ -16,7 +16,6 @@ requires "$PYTHON" -c 'import nbd'
 nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
 ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
-quiet_kill () { kill "$@" 2>/dev/null || :; }
 listed () { ctl --json list | grep -q "\"name\":\"$1\""; }
 
 img="$tmpdir/disk.img"

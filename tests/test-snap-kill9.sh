@@ -16,7 +16,6 @@ nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
 ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
-quiet_kill () { kill "$@" 2>/dev/null || :; }
 
 # Wait (at most 30 s) until process $1 is gone.
 wait_gone ()
