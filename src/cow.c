@@ -435,6 +435,13 @@ nbdsnap_snap_extents (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
     return -1;
   end = offset + count;
   pthread_rwlock_rdlock (&e->chain_lock);
+  if (snap_state (s) != NBDSNAP_STATE_LIVE) {
+    /* Like a read: an invalid snapshot answers nothing about its data. */
+    errno = EIO;
+    nbdsnap_error ("snapshot %s is %s: it cannot be read", s->name,
+                   snap_state_name (snap_state (s)));
+    r = -1;
+  }
   while (offset < end && r == 0) {
     c = offset >> e->chunk_shift;
     hole = !bitmap_test (s->bm.candidate, c);

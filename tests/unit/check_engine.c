@@ -1047,6 +1047,11 @@ START_TEST (test_invalid_inject)        /* loop */
   ck_assert_int_eq (nbdsnap_snap_changes (e, b, collect_ext,
                                           &(struct ext_list){ .n = 0 }), -1);
   ck_assert_int_eq (errno, EIO);
+  /* So is extents(): an invalid snapshot says nothing about its data. */
+  errno = 0;
+  ck_assert_int_eq (nbdsnap_snap_extents (e, b, 0, size, collect_ext,
+                                          &(struct ext_list){ .n = 0 }), -1);
+  ck_assert_int_eq (errno, EIO);
   /* A snapshot taken after the failure is fine. */
   wc = dup_model ();
   c = mksnap ("c");
