@@ -43,7 +43,7 @@
 #include "nbdsnap/err.h"
 #include "nbdsnap/origin.h"
 #include "admin.h"
-#include "config.h"
+#include "params.h"
 #include "registry.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL

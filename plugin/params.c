@@ -1,4 +1,4 @@
-/* nbdsnap plugin: parsing and checking the parameters (see config.h).
+/* nbdsnap plugin: parsing and checking the parameters (see params.h).
  *
  * Notes on the design:
  *
@@ -30,7 +30,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "config.h"
+#include "params.h"
 
 struct plugin_config nbdsnap_cfg;
 

@@ -1,5 +1,5 @@
 /* nbdsnap plugin: the parameters given on the nbdkit command line
- * (plugin/config.c).
+ * (plugin/params.c).
  *
  * Filled by .config, one key at a time, and completed by .config_complete:
  * after config_finish () every path is absolute (nbdkit changes directory
@@ -7,8 +7,8 @@
  * later code never has to ask "was it given?".  Written only before the
  * server starts, read-only afterwards: no lock.
  */
-#ifndef NBDSNAP_PLUGIN_CONFIG_H
-#define NBDSNAP_PLUGIN_CONFIG_H
+#ifndef NBDSNAP_PLUGIN_PARAMS_H
+#define NBDSNAP_PLUGIN_PARAMS_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -56,4 +56,4 @@ extern void config_free (void);
 extern int config_parse_size (const char *key, const char *value,
                               uint64_t *size);
 
-#endif /* NBDSNAP_PLUGIN_CONFIG_H */
+#endif /* NBDSNAP_PLUGIN_PARAMS_H */
