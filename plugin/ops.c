@@ -156,6 +156,8 @@ op_create (uint64_t conn, const char *name, bool temporary)
   return r;
 }
 
+#define BUSY_GRACE_SECONDS 1
+
 static json_t *
 op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode)
 {
@@ -172,6 +174,23 @@ op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode)
   if (en == NULL) {
     r = not_found (name);
     goto out;
+  }
+  /* A client that has just disconnected (nbdcopy ... && nbdsnapctl
+   * delete) may not be unregistered yet: give connections that are closing
+   * up to BUSY_GRACE_SECONDS before answering busy. */
+  if (mode == PROTO_DELETE_NOW && en->holds == 0 && en->clients > 0) {
+    struct timespec deadline;
+
+    clock_gettime (CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += BUSY_GRACE_SECONDS;
+    while (en != NULL && en->clients > 0 && en->holds == 0
+           && pthread_cond_timedwait (&registry_cond, &registry_lock,
+                                      &deadline) == 0)
+      en = find_visible (name);
+    if (en == NULL) {
+      r = not_found (name);
+      goto out;
+    }
   }
   if (en->clients + en->holds > 0) {
     switch (mode) {

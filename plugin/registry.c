@@ -20,6 +20,7 @@
 
 struct nbdsnap_engine *registry_engine;
 pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+pthread_cond_t registry_cond = PTHREAD_COND_INITIALIZER;
 struct snap_entry *registry_entries;
 struct conn *registry_conns;
 bool registry_readonly;
@@ -265,6 +266,7 @@ registry_conn_close (struct conn *c)
   if (c->entry) {
     c->entry->clients--;
     registry_maybe_finish (c->entry);
+    pthread_cond_broadcast (&registry_cond);
   }
   pthread_mutex_unlock (&registry_lock);
   free (c);

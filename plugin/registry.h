@@ -101,6 +101,8 @@ extern const struct admin_ops registry_admin_ops;
 
 /* For plugin/ops.c, all called with registry_lock held. */
 extern pthread_mutex_t registry_lock;
+/* Broadcast (with registry_lock held) when a snapshot loses a client. */
+extern pthread_cond_t registry_cond;
 extern struct snap_entry *registry_entries;
 extern struct conn *registry_conns;
 extern struct owned *registry_owned;
