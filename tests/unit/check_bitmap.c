@@ -328,13 +328,5 @@ bitmap_suite (void)
 int
 main (void)
 {
-  SRunner *sr = srunner_create (bitmap_suite ());
-  int failed;
-
-  helpers_run_begin ("check_bitmap");
-  srunner_run_all (sr, CK_ENV);
-  failed = srunner_ntests_failed (sr);
-  srunner_free (sr);
-  helpers_run_end ();
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return helpers_run_suite (bitmap_suite (), "check_bitmap");
 }

@@ -1686,13 +1686,5 @@ engine_suite (void)
 int
 main (void)
 {
-  SRunner *sr = srunner_create (engine_suite ());
-  int failed;
-
-  helpers_run_begin ("check_engine");
-  srunner_run_all (sr, CK_ENV);
-  failed = srunner_ntests_failed (sr);
-  srunner_free (sr);
-  helpers_run_end ();
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return helpers_run_suite (engine_suite (), "check_engine");
 }

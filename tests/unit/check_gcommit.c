@@ -436,13 +436,5 @@ gcommit_suite (void)
 int
 main (void)
 {
-  SRunner *sr = srunner_create (gcommit_suite ());
-  int failed;
-
-  helpers_run_begin ("check_gcommit");
-  srunner_run_all (sr, CK_ENV);
-  failed = srunner_ntests_failed (sr);
-  srunner_free (sr);
-  helpers_run_end ();
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return helpers_run_suite (gcommit_suite (), "check_gcommit");
 }

@@ -613,13 +613,5 @@ model_suite (void)
 int
 main (void)
 {
-  SRunner *sr = srunner_create (model_suite ());
-  int failed;
-
-  helpers_run_begin ("check_model");
-  srunner_run_all (sr, CK_ENV);
-  failed = srunner_ntests_failed (sr);
-  srunner_free (sr);
-  helpers_run_end ();
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return helpers_run_suite (model_suite (), "check_model");
 }

@@ -99,6 +99,22 @@ helpers_run_end (void)
   nftw (basedir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* The whole main () of a suite: run it in a fresh base directory, remove
+ * that, exit status for automake. */
+static inline int
+helpers_run_suite (Suite *suite, const char *tag)
+{
+  SRunner *sr = srunner_create (suite);
+  int failed;
+
+  helpers_run_begin (tag);
+  srunner_run_all (sr, CK_ENV);
+  failed = srunner_ntests_failed (sr);
+  srunner_free (sr);
+  helpers_run_end ();
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
 /* tmpdir/name into buf. */
 static inline const char *
 tpath (char *buf, size_t n, const char *name)
