@@ -96,6 +96,15 @@ find_visible (const char *name)
  * any script, and a bound on the memory a client can make us keep. */
 #define MAX_OWNED_PER_CONN 1024
 
+static json_t *
+limit_error (void)
+{
+  return proto_error (PROTO_ERR_LIMIT, EAGAIN,
+                      "this connection already owns %d pins and temporary "
+                      "snapshots, the most one connection may",
+                      MAX_OWNED_PER_CONN);
+}
+
 static int
 owned_count (uint64_t conn)
 {
@@ -137,10 +146,7 @@ op_create (uint64_t conn, const char *name, bool temporary)
   }
   if (temporary && owned_count (conn) >= MAX_OWNED_PER_CONN) {
     pthread_mutex_unlock (&registry_lock);
-    return proto_error (PROTO_ERR_LIMIT, EAGAIN,
-                        "this connection already owns %d pins and temporary "
-                        "snapshots, the most one connection may",
-                        MAX_OWNED_PER_CONN);
+    return limit_error ();
   }
   s = nbdsnap_snap_create (registry_engine, name, temporary);
   if (s == NULL) {
@@ -319,10 +325,7 @@ op_hold (uint64_t conn, const char *name)
   if (en == NULL)
     r = not_found (name);
   else if (owned_count (conn) >= MAX_OWNED_PER_CONN)
-    r = proto_error (PROTO_ERR_LIMIT, EAGAIN,
-                     "this connection already owns %d pins and temporary "
-                     "snapshots, the most one connection may",
-                     MAX_OWNED_PER_CONN);
+    r = limit_error ();
   else if (registry_owned_add (conn, en, false) == -1)
     r = NULL;
   else {
