@@ -14,9 +14,6 @@
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
 head -c $(( 1024 * 1024 )) /dev/urandom > "$img"

@@ -6,8 +6,6 @@
 # (plain delete then succeeds).
 source "${abs_top_builddir:?}/tests/functions.sh"
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 img="$tmpdir/disk.img"
 truncate -s 4M "$img"

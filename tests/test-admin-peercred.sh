@@ -11,7 +11,6 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires test "$(id -u)" -eq 0
 requires setpriv --version
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
 ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/state/admin.sock" "$@"; }
 as_nobody () { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
 

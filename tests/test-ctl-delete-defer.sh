@@ -14,9 +14,6 @@ requires nbdinfo --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
 snapfiles () { ls "$tmpdir/state" | grep '^snap-' || :; }
 
 img="$tmpdir/disk.img"

@@ -10,8 +10,6 @@
 # The 64-character name and names with . _ - inside are accepted.
 source "${abs_top_builddir:?}/tests/functions.sh"
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 # expect STATUS CMD...: CMD exits with STATUS and says one line on stderr.
 expect ()

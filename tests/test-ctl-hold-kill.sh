@@ -8,22 +8,8 @@
 # COMMAND's exit status is hold's, and the hold is gone when it returns.
 source "${abs_top_builddir:?}/tests/functions.sh"
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 holds () {
   ctl --json info "$1" | grep -o '"holds":[0-9]*' | cut -d: -f2
-}
-
-# until_ok SECONDS CMD...: run CMD every 0.05 s until it succeeds.
-until_ok ()
-{
-  local i n=$(( $1 * 20 ))
-  shift
-  for (( i = 0; i < n; i++ )); do
-    "$@" && return 0
-    sleep 0.05
-  done
-  return 1
 }
 
 img="$tmpdir/disk.img"

@@ -13,9 +13,6 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires qemu-io --version
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 # no_snapshots WHEN: nothing listed, nothing in the state directory.
 no_snapshots ()

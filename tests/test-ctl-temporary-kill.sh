@@ -14,23 +14,8 @@ requires nbdcopy --version
 requires nbdinfo --version
 requires "$PYTHON" -c 'import nbd'
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
 listed () { ctl --json list | grep -q "\"name\":\"$1\""; }
 storefiles () { ls "$tmpdir/state" | grep -c '^snap-.*\.store$' || :; }
-
-# until_ok SECONDS CMD...: run CMD every 0.05 s until it succeeds.
-until_ok ()
-{
-  local i n=$(( $1 * 20 ))
-  shift
-  for (( i = 0; i < n; i++ )); do
-    "$@" && return 0
-    sleep 0.05
-  done
-  return 1
-}
 
 img="$tmpdir/disk.img"
 size=$(( 2 * 1024 * 1024 ))

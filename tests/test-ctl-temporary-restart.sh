@@ -13,9 +13,6 @@ requires nbdcopy --version
 requires nbdinfo --version
 requires "$PYTHON" -c 'import nbd'
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
 listed () { ctl --json list | grep -q "\"name\":\"$1\""; }
 
 img="$tmpdir/disk.img"

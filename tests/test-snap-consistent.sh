@@ -13,8 +13,6 @@
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires "$PYTHON" -c 'import nbd'
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 img="$tmpdir/disk.img"
 region=$(( 2 * 1024 * 1024 ))

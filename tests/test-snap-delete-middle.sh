@@ -10,9 +10,6 @@ requires nbdcopy --version
 requires nbdinfo --version
 requires qemu-io --version
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
 size=$(( 2 * 1024 * 1024 ))

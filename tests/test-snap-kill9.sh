@@ -12,9 +12,6 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires "$PYTHON" -c 'import nbd'
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 
 # Wait (at most 30 s) until process $1 is gone.

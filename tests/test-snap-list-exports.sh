@@ -8,8 +8,6 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdinfo --version
 requires qemu-io --version
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 img="$tmpdir/disk.img"
 size=$(( 3 * 1024 * 1024 + 5 ))

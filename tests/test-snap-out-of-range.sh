@@ -7,8 +7,6 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
 
 img="$tmpdir/disk.img"
 size=$(( 1024 * 1024 + 4097 ))

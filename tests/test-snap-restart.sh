@@ -10,9 +10,6 @@ requires nbdcopy --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
 
 img="$tmpdir/disk.img"
 size=$(( 4 * 1024 * 1024 + 1000 ))

@@ -8,9 +8,6 @@
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
 statesum () { (cd "$tmpdir/state" && ls -l --time-style=+%s.%N . &&
                cat snap-* header) | sha256sum; }
 

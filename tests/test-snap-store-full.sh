@@ -12,9 +12,6 @@ requires nbdcopy --version
 requires nbdinfo --version
 requires "$PYTHON" -c 'import nbd'
 
-nbdsnapctl="$abs_top_builddir/src/nbdsnapctl"
-ctl () { timeout 60 "$nbdsnapctl" -s "$tmpdir/admin.sock" "$@"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
 state () {
   ctl --json info "$1" | grep -o '"state":"[a-z]*"' | cut -d'"' -f4
 }
