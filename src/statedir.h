@@ -7,19 +7,40 @@
  *   lock                 empty; flock (LOCK_EX) held for the life of the
  *                        process: a second server refuses to start
  *   header               text, written once when the directory is created:
- *                          nbdsnap-state 1
+ *                          nbdsnap-state 2
  *                          chunk-size 65536
  *                          image-size 1073741824
  *                          image-kind file|blockdev
- *                          image-id 0:INO (a file) or RDEV:0 (a device)
+ *                          image-dev 2049        (st_dev; st_rdev for a
+ *                                                 device)
+ *                          image-ino 1234        (0 for a device)
+ *                          state-id 32 random hex digits
+ *                          image-mark xattr|none
  *                          image-path /abs/path/disk.img   (informative)
  *   snap-ID.meta         per snapshot, see snap.h
  *   snap-ID.bitmap
  *   snap-ID.store
  *
- * A mismatch between header and image (size, identity, chunk size asked
- * for) refuses to open with a message saying what differs.  The header is
- * written to header.tmp, fsynced, renamed, and the directory fsynced.
+ * Identity.  A regular image gets the state id in its extended attribute
+ * user.nbdsnap.state-id when the directory is created (image-mark xattr);
+ * from then on the attribute is the identity: an image without it, or
+ * with another directory's, is refused (a new file in its place, a copy
+ * made with plain cp, a restore), while the same bytes under another
+ * inode (mv, cp -a) are accepted.  Where the attribute cannot be set
+ * (image-mark none), device and inode numbers must match.  A block device
+ * is known by its device number.  The size must match too.  Version 1
+ * headers (inode or device number only) are still read.
+ *
+ * Locks.  Besides the flock on "lock", the image itself gets an OFD lock
+ * (write, or read for a read-only server) on one byte far past its end,
+ * so two servers with two state directories cannot serve one image.
+ *
+ * A missing header is written only for a directory with no snapshot
+ * files: otherwise which image they belong to is unknown, and open
+ * refuses.  A mismatch between header and image (size, identity, chunk
+ * size asked for) refuses to open with a message saying what differs and
+ * what to do.  The header is written to header.tmp, fsynced, renamed, and
+ * the directory fsynced.
  */
 #ifndef NBDSNAP_STATEDIR_H
 #define NBDSNAP_STATEDIR_H
@@ -32,6 +53,8 @@ struct statedir {
   char *path;
   int dirfd;
   int lockfd;
+  int image_fd;                 /* the origin's, holding the image lock;
+                                   not ours to close */
   uint32_t chunk_size;
 };
 

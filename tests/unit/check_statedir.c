@@ -3,13 +3,20 @@
  * One TCase per behaviour: the directory and its header are created (the
  * header's lines checked one by one), the lock refuses a second opener
  * (flock is per open file description, so even a second statedir_open in
- * this process conflicts) and is released at close, every header mismatch
+ * this process conflicts) and is released at close, the image's mark is
+ * its identity (a copy with the mark is the image, the same inode without
+ * it is not), a second state directory for a marked image is refused, the
+ * image itself is locked (OFD), a missing header is not recreated where
+ * snapshots are, version 1 headers are read, every header mismatch
  * is refused with a message naming what differs (image resized, another
  * image, chunk-size asked differs), malformed headers are refused,
  * chunk-size is validated (statedir and engine), and statedir_write_file
  * replaces a file atomically without leaving its .tmp behind.
  */
 #include <config.h>
+
+#include <limits.h>
+#include <sys/xattr.h>
 
 #include "unit-helpers.h"
 
@@ -86,15 +93,35 @@ START_TEST (test_create_header)
   ck_assert_uint_eq (st.st_mode & 0777, 0700);
 
   abs = realpath (img, NULL);
-  snprintf (want, sizeof want,
-            "nbdsnap-state 1\n"
-            "chunk-size 65536\n"
-            "image-size 1048576\n"
-            "image-kind file\n"
-            "image-id 0:%" PRIu64 "\n"
-            "image-path %s\n", o.ino, abs);
+  {
+    char id[64], mark[PATH_MAX + 64], *absdir = realpath (sdpath, NULL);
+    const char *h = read_text (sdpath, "header");
+    const char *p = strstr (h, "state-id ");
+    ssize_t n;
+
+    ck_assert_ptr_nonnull (p);
+    ck_assert_int_eq (sscanf (p, "state-id %63s", id), 1);
+    ck_assert_uint_eq (strlen (id), 32);
+    snprintf (want, sizeof want,
+              "nbdsnap-state 2\n"
+              "chunk-size 65536\n"
+              "image-size 1048576\n"
+              "image-kind file\n"
+              "image-dev %" PRIu64 "\n"
+              "image-ino %" PRIu64 "\n"
+              "state-id %s\n"
+              "image-mark xattr\n"
+              "image-path %s\n", o.dev, o.ino, id, abs);
+    ck_assert_str_eq (h, want);
+    /* The image carries the mark: the id and the directory. */
+    n = getxattr (img, "user.nbdsnap.state-id", mark, sizeof mark - 1);
+    ck_assert_int_gt (n, 0);
+    mark[n] = '\0';
+    snprintf (want, sizeof want, "%s %s", id, absdir);
+    ck_assert_str_eq (mark, want);
+    free (absdir);
+  }
   free (abs);
-  ck_assert_str_eq (read_text (sdpath, "header"), want);
   ck_assert (file_exists (strcat (strcpy (want, sdpath), "/lock")));
   ck_assert (!file_exists (strcat (strcpy (want, sdpath), "/header.tmp")));
   statedir_close (&sd);
@@ -228,7 +255,151 @@ START_TEST (test_other_image)
   ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0), -1);
   ck_assert_int_eq (errno, EINVAL);
   ck_assert_ptr_nonnull (strstr (last_error, "another image"));
+  ck_assert_ptr_nonnull (strstr (last_error, "has no user.nbdsnap"));
   nbdsnap_origin_close (&o2);
+}
+END_TEST
+
+/* The mark is the identity: the same bytes with the mark under another
+ * inode (mv to another file system, cp -a) are the image; the same inode
+ * without the mark (a file rewritten in place by a restore that dropped
+ * the attribute) is not. */
+START_TEST (test_mark_identity)
+{
+  struct statedir sd;
+  struct nbdsnap_origin o2;
+  char img2[512], mark[PATH_MAX + 64];
+  ssize_t n;
+
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  statedir_close (&sd);
+  n = getxattr (img, "user.nbdsnap.state-id", mark, sizeof mark);
+  ck_assert_int_gt (n, 0);
+
+  /* cp -a: a new inode with the mark. */
+  make_image (tpath (img2, sizeof img2, "copy.img"), 1 * MiB, 0);
+  ck_assert_int_eq (setxattr (img2, "user.nbdsnap.state-id", mark, n, 0), 0);
+  nbdsnap_origin_close (&o);
+  o.fd = -1;
+  ck_assert_int_eq (nbdsnap_origin_open (&o2, img2, false), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0), 0);
+  statedir_close (&sd);
+  nbdsnap_origin_close (&o2);
+
+  /* The same inode, its mark gone. */
+  ck_assert_int_eq (removexattr (img, "user.nbdsnap.state-id"), 0);
+  ck_assert_int_eq (nbdsnap_origin_open (&o, img, false), 0);
+  errno = 0;
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), -1);
+  ck_assert_int_eq (errno, EINVAL);
+  ck_assert_ptr_nonnull (strstr (last_error, "another image"));
+  ck_assert_ptr_nonnull (strstr (last_error, "move the state directory"));
+}
+END_TEST
+
+/* One image, one state directory: a second directory for a marked image
+ * is refused (its writes would not be copied for the first one's
+ * snapshots), naming the first; nothing is written into the second. */
+START_TEST (test_second_statedir)
+{
+  struct statedir sd;
+  char sd2[512], p[1024];
+
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  statedir_close (&sd);
+  tpath (sd2, sizeof sd2, "second");
+  errno = 0;
+  ck_assert_int_eq (statedir_open (&sd, sd2, &o, 0), -1);
+  ck_assert_int_eq (errno, EBUSY);
+  ck_assert_ptr_nonnull (strstr (last_error, "belongs to state directory"));
+  ck_assert_ptr_nonnull (strstr (last_error, "disk.img.nbdsnap"));
+  ck_assert_ptr_nonnull (strstr (last_error, "setfattr -x"));
+  snprintf (p, sizeof p, "%s/header", sd2);
+  ck_assert (!file_exists (p));
+  /* The first directory still opens. */
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  statedir_close (&sd);
+}
+END_TEST
+
+/* The image itself is locked: another open file description of it (a
+ * second server) is refused even with another state directory, and the
+ * lock goes with the first one's close. */
+START_TEST (test_image_lock)
+{
+  struct statedir a, b;
+  struct nbdsnap_origin o2;
+  char sd2[512];
+
+  ck_assert_int_eq (statedir_open (&a, sdpath, &o, 0), 0);
+  ck_assert_int_eq (nbdsnap_origin_open (&o2, img, false), 0);
+  tpath (sd2, sizeof sd2, "second");
+  errno = 0;
+  ck_assert_int_eq (statedir_open (&b, sd2, &o2, 0), -1);
+  ck_assert_int_eq (errno, EBUSY);
+  ck_assert_ptr_nonnull (strstr (last_error, "image in use"));
+  /* Read-only servers share a read lock, which a writer's lock excludes. */
+  nbdsnap_origin_close (&o2);
+  ck_assert_int_eq (nbdsnap_origin_open (&o2, img, true), 0);
+  errno = 0;
+  ck_assert_int_eq (statedir_open (&b, sdpath, &o2, 0), -1);
+  ck_assert (errno == EBUSY);
+  statedir_close (&a);
+  ck_assert_int_eq (statedir_open (&b, sdpath, &o2, 0), 0);
+  statedir_close (&b);
+  nbdsnap_origin_close (&o2);
+}
+END_TEST
+
+/* A missing header is never recreated for a directory that holds
+ * snapshots: which image they belong to is unknown. */
+START_TEST (test_missing_header)
+{
+  struct statedir sd;
+  char p[1024];
+
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  statedir_close (&sd);
+  write_text (sdpath, "snap-000001.meta", "x");
+  snprintf (p, sizeof p, "%s/header", sdpath);
+  ck_assert_int_eq (unlink (p), 0);
+  errno = 0;
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), -1);
+  ck_assert_int_eq (errno, EINVAL);
+  ck_assert_ptr_nonnull (strstr (last_error, "header is missing"));
+  ck_assert (!file_exists (p));
+}
+END_TEST
+
+/* A version 1 header (inode only) is still accepted for its image. */
+START_TEST (test_header_v1)
+{
+  struct statedir sd;
+  char h[1024];
+
+  ck_assert_int_eq (mkdir (sdpath, 0700), 0);
+  snprintf (h, sizeof h,
+            "nbdsnap-state 1\n"
+            "chunk-size 65536\n"
+            "image-size 1048576\n"
+            "image-kind file\n"
+            "image-id 0:%" PRIu64 "\n"
+            "image-path %s\n", o.ino, img);
+  write_text (sdpath, "header", h);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  statedir_close (&sd);
+  snprintf (h, sizeof h,
+            "nbdsnap-state 1\n"
+            "chunk-size 65536\n"
+            "image-size 1048576\n"
+            "image-kind file\n"
+            "image-id 0:%" PRIu64 "\n"
+            "image-path %s\n", o.ino + 1, img);
+  write_text (sdpath, "header", h);
+  errno = 0;
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), -1);
+  ck_assert_int_eq (errno, EINVAL);
+  ck_assert_ptr_nonnull (strstr (last_error, "another image"));
 }
 END_TEST
 
@@ -418,6 +589,11 @@ statedir_suite (void)
     { "create_header", test_create_header },
     { "create_chunk_size", test_create_chunk_size },
     { "lock", test_lock },
+    { "mark_identity", test_mark_identity },
+    { "second_statedir", test_second_statedir },
+    { "image_lock", test_image_lock },
+    { "missing_header", test_missing_header },
+    { "header_v1", test_header_v1 },
     { "resized", test_resized },
     { "other_image", test_other_image },
     { "chunk_differs", test_chunk_differs },
