@@ -44,6 +44,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -87,23 +88,32 @@ sync_bitmap (void *opaque)
   return bitmap_sync (&s->bm);
 }
 
-/* Mark a snapshot invalid after a failed copy; the caller goes on. */
-static void
-invalidate (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
-            const char *why, int err)
+/* Mark a snapshot invalid after a failed copy, durably (in place in its
+ * bitmap header, whatever the durability mode: invalidation is rare).
+ * Caller holds the chunk's stripe exclusive.  0: the caller goes on; -1
+ * (errno EIO): the mark is not on disk, and the origin write that made it
+ * necessary must fail, or the snapshot would be live again after a
+ * restart and read the new bytes. */
+static int
+invalidate (struct nbdsnap_snap *s, const char *why, int err)
 {
   if (snap_state (s) == NBDSNAP_STATE_INVALID)
-    return;
+    return snap_state_durable (s) ? 0 : (errno = EIO, -1);
   errno = err;
   nbdsnap_error ("snapshot %s is now invalid: %s: %m", s->name, why);
-  snap_set_state (&e->sd, s, NBDSNAP_STATE_INVALID);
+  if (snap_set_state (s, NBDSNAP_STATE_INVALID) == -1) {
+    errno = EIO;
+    return -1;
+  }
+  return 0;
 }
 
 /* Set copied(X, c), durably in power mode. */
 static int
 mark_copied (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c)
 {
-  bitmap_set (x->bm.copied, c);
+  if (bitmap_set (&x->bm, &x->bm.copied, c) == -1)
+    return -1;
   __atomic_add_fetch (&x->dirty, 1, __ATOMIC_RELEASE);
   if (e->durability == NBDSNAP_DURABILITY_POWER
       && gcommit_sync (&x->bitmap_gc, sync_bitmap, x) == -1)
@@ -112,8 +122,9 @@ mark_copied (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c)
 }
 
 /* Copy chunk c from the origin into X's store.  Returns 0, -1 if the copy
- * into X failed (X is now invalid), -2 if the origin could not be read
- * (the write must fail). */
+ * into X failed (X is now invalid, durably), -2 if the write must fail
+ * (errno EIO): the origin could not be read, or X's invalid mark could
+ * not be made durable. */
 static int
 copy_chunk (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c,
             char *buf)
@@ -125,36 +136,31 @@ copy_chunk (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c,
   if (x->max_store != 0
       && (__atomic_load_n (&x->chunks_copied, __ATOMIC_RELAXED) + 1)
          * (uint64_t) e->chunk_size > x->max_store) {
-    invalidate (e, x, "max-store reached", ENOSPC);
-    return -1;
+    return invalidate (x, "max-store reached", ENOSPC) == 0 ? -1 : -2;
   }
   if (io_pread_full (e->origin->fd, buf, len, off) == -1) {
     nbdsnap_error ("copy-on-write: read %s at %" PRIu64 ": %m",
                    e->origin->path, off);
+    errno = EIO;
     return -2;
   }
   if (!all_zero (buf, len)) {
     err = __atomic_load_n (&e->inject_errno, __ATOMIC_RELAXED);
     if (err != 0) {
-      invalidate (e, x, "store write (injected)", err);
-      return -1;
+      return invalidate (x, "store write (injected)", err) == 0 ? -1 : -2;
     }
     if (io_pwrite_full (x->store_fd, buf, len, off) == -1) {
-      invalidate (e, x, "store write", errno);
-      return -1;
+      return invalidate (x, "store write", errno) == 0 ? -1 : -2;
     }
     __atomic_add_fetch (&x->dirty, 1, __ATOMIC_RELEASE);
     if (e->durability == NBDSNAP_DURABILITY_POWER
         && gcommit_sync (&x->store_gc, sync_store, x) == -1) {
-      invalidate (e, x, "store fdatasync", errno);
-      return -1;
+      return invalidate (x, "store fdatasync", errno) == 0 ? -1 : -2;
     }
   }
   /* An all-zero chunk needs no data: the store is a hole there. */
-  if (mark_copied (e, x, c) == -1) {
-    invalidate (e, x, "bitmap msync", errno);
-    return -1;
-  }
+  if (mark_copied (e, x, c) == -1)
+    return invalidate (x, "bitmap write", errno) == 0 ? -1 : -2;
   __atomic_fetch_add (&x->chunks_copied, 1, __ATOMIC_RELAXED);
   __atomic_fetch_add (&x->cow_count, 1, __ATOMIC_RELAXED);
   return 0;
@@ -171,7 +177,7 @@ cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
 
   if (x == NULL)
     return 0;
-  if (bitmap_test (x->bm.copied, c)) {
+  if (bitmap_test (&x->bm.copied, c)) {
     /* The fast path, lock-free.  In power mode the bit may have been set
      * by a writer that is still syncing it (or, if that fails, copying
      * into an older snapshot): it holds the stripe until it is done. */
@@ -186,14 +192,25 @@ cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
   if (power)
     __atomic_add_fetch (&e->cow_inflight, 1, __ATOMIC_SEQ_CST);
   for (; x != NULL; x = x->older) {
-    if (bitmap_test (x->bm.copied, c))
+    if (bitmap_test (&x->bm.copied, c))
       break;
-    if (snap_state (x) == NBDSNAP_STATE_INVALID)
+    if (snap_state (x) == NBDSNAP_STATE_INVALID) {
+      /* It takes no more copies; but if its invalid mark is not on disk
+       * yet, changing c would make it lie after a restart. */
+      if (invalidate (x, "", 0) == -1) {
+        r = -1;
+        break;
+      }
       continue;
-    if (!bitmap_test (x->bm.candidate, c)) {
-      if (mark_copied (e, x, c) == -1)
-        invalidate (e, x, "bitmap msync", errno);
-      break;
+    }
+    if (!bitmap_test (&x->bm.candidate, c)) {
+      if (mark_copied (e, x, c) == 0)
+        break;
+      if (invalidate (x, "bitmap write", errno) == -1) {
+        r = -1;
+        break;
+      }
+      continue;                 /* the next older one may need c */
     }
     if (*buf == NULL) {
       *buf = malloc (e->chunk_size);
@@ -209,8 +226,7 @@ cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
       break;
     }
     if (r == -2) {
-      errno = EIO;
-      r = -1;
+      r = -1;                   /* errno is EIO */
       break;
     }
     r = 0;                      /* x is invalid now: try the next older */
@@ -312,7 +328,55 @@ nbdsnap_engine_trim (struct nbdsnap_engine *e, uint32_t count,
   return r;
 }
 
-/* Sync one snapshot's store and bitmap if it has unsynced copies. */
+bool
+cow_depends (struct nbdsnap_snap *s, struct nbdsnap_snap *x)
+{
+  struct nbdsnap_snap *t;
+  uint64_t pg, w;
+
+  for (pg = 0; pg < x->bm.copied.npages; ++pg) {
+    if (bitmap_page (&x->bm.copied, pg) == NULL
+        || bitmap_page (&x->bm.candidate, pg) == NULL
+        || bitmap_page (&s->bm.candidate, pg) == NULL)
+      continue;
+    for (w = pg * BITMAP_PAGE_WORDS; w < (pg + 1) * BITMAP_PAGE_WORDS; ++w) {
+      uint64_t need = bitmap_word (&x->bm.copied, w)
+                      & bitmap_word (&x->bm.candidate, w)
+                      & bitmap_word (&s->bm.candidate, w);
+      for (t = s; need != 0 && t != x; t = t->newer)
+        need &= ~bitmap_word (&t->bm.copied, w);
+      if (need != 0)
+        return true;
+    }
+  }
+  return false;
+}
+
+/* s's store or bitmap could not be synced: what was copied into it since
+ * its last good sync may be lost at a power cut.  So s is invalid, and so
+ * is every older snapshot that reads some chunk through s, durably.
+ * chain_lock held shared.  -1 (EIO) if a mark could not be made
+ * durable. */
+static int
+invalidate_unsynced (struct nbdsnap_snap *s, int err)
+{
+  struct nbdsnap_snap *t;
+  char why[NBDSNAP_NAME_MAX + 64];
+  int r;
+
+  r = invalidate (s, "sync", err);
+  snprintf (why, sizeof why, "it reads through %s, which could not be "
+            "synced", s->name);
+  for (t = s->older; t != NULL; t = t->older)
+    if (snap_state (t) != NBDSNAP_STATE_INVALID && cow_depends (t, s)
+        && invalidate (t, why, err) == -1)
+      r = -1;
+  return r;
+}
+
+/* Sync one snapshot's store and bitmap if it has unsynced copies.  If
+ * that fails, the snapshots whose content it may have lost turn invalid
+ * (durably), and it returns 0: the flush goes on, honest. */
 int
 cow_sync_snap (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
 {
@@ -324,8 +388,13 @@ cow_sync_snap (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
     return 0;
   if (gcommit_sync (&s->store_gc, sync_store, s) == -1
       || gcommit_sync (&s->bitmap_gc, sync_bitmap, s) == -1) {
+    int err = errno;
     nbdsnap_error ("flush snapshot %s: %m", s->name);
-    return -1;
+    if (invalidate_unsynced (s, err) == -1) {
+      errno = EIO;
+      return -1;
+    }
+    return 0;
   }
   c = __atomic_load_n (&s->clean, __ATOMIC_ACQUIRE);
   while (c < d && !__atomic_compare_exchange_n (&s->clean, &c, d, false,
@@ -355,7 +424,7 @@ static struct nbdsnap_snap *
 find_copy (struct nbdsnap_snap *s, uint64_t c)
 {
   for (; s != NULL; s = s->newer)
-    if (bitmap_test (s->bm.copied, c))
+    if (bitmap_test (&s->bm.copied, c))
       return s;
   return NULL;
 }
@@ -367,7 +436,7 @@ read_piece (struct nbdsnap_engine *e, struct nbdsnap_snap *s, char *buf,
   struct nbdsnap_snap *x;
   int r;
 
-  if (!bitmap_test (s->bm.candidate, c)) {
+  if (!bitmap_test (&s->bm.candidate, c)) {
     memset (buf, 0, len);
     return 0;
   }
@@ -376,11 +445,23 @@ read_piece (struct nbdsnap_engine *e, struct nbdsnap_snap *s, char *buf,
     r = io_pread_full (x->store_fd, buf, len, off);
   else {
     /* Not preserved anywhere: the origin still holds it.  The stripe
-     * keeps a copy-on-write of c from overwriting it under us. */
+     * keeps a copy-on-write of c from overwriting it under us, and orders
+     * this read after any copy-or-invalidate decision for c: a writer
+     * that failed to copy c for s marked s invalid before it released
+     * the stripe and only then wrote the origin, so s must be checked
+     * again here, after taking the stripe, or the new bytes would be
+     * served as the old ones. */
     pthread_rwlock_rdlock (stripe (e, c));
     x = find_copy (s, c);
     if (x != NULL)
       r = io_pread_full (x->store_fd, buf, len, off);
+    else if (snap_state (s) != NBDSNAP_STATE_LIVE) {
+      pthread_rwlock_unlock (stripe (e, c));
+      errno = EIO;
+      nbdsnap_error ("snapshot %s became %s during a read", s->name,
+                     snap_state_name (snap_state (s)));
+      return -1;
+    }
     else
       r = io_pread_full (e->origin->fd, buf, len, off);
     pthread_rwlock_unlock (stripe (e, c));
@@ -444,12 +525,12 @@ nbdsnap_snap_extents (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
   }
   while (offset < end && r == 0) {
     c = offset >> e->chunk_shift;
-    hole = !bitmap_test (s->bm.candidate, c);
+    hole = !bitmap_test (&s->bm.candidate, c);
     start = offset;
     do {
       ++c;
       offset = c << e->chunk_shift;
-    } while (offset < end && !bitmap_test (s->bm.candidate, c) == hole);
+    } while (offset < end && !bitmap_test (&s->bm.candidate, c) == hole);
     if (offset > end)
       offset = end;
     r = fn (opaque, start, offset - start, hole);
@@ -463,7 +544,7 @@ nbdsnap_snap_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
                       nbdsnap_extent_fn fn, void *opaque)
 {
   struct nbdsnap_snap *x;
-  uint64_t w, run_start = 0, c;
+  uint64_t pg, w, c, run_start = 0;
   bool in_run = false;
   int r = 0;
 
@@ -475,20 +556,55 @@ nbdsnap_snap_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
     pthread_rwlock_unlock (&e->chain_lock);
     return -1;
   }
-  for (w = 0; w < s->bm.nwords && r == 0; ++w) {
-    uint64_t bits = 0;
-    for (x = s; x != NULL; x = x->newer)
-      bits |= __atomic_load_n (&x->bm.copied[w], __ATOMIC_ACQUIRE);
-    for (c = w * 64; c < w * 64 + 64 && c < e->nchunks && r == 0; ++c) {
-      bool set = (bits >> (c & 63)) & 1;
-      if (set && !in_run) {
-        run_start = c;
-        in_run = true;
-      }
-      else if (!set && in_run) {
+  /* Page by page: a snapshot without a page of copied bits there (most
+   * of them, most of the time) costs one pointer test. */
+  for (pg = 0; pg < s->bm.copied.npages && r == 0; ++pg) {
+    const uint64_t *pages[64];
+    size_t np = 0, k;
+    bool slow = false;          /* many pages, or a page of ones: read
+                                   word by word through the chain */
+
+    for (x = s; x != NULL && !slow; x = x->newer) {
+      const uint64_t *p = bitmap_page (&x->bm.copied, pg);
+      if (p == NULL)
+        continue;
+      if (p == bitmap_ones || np == sizeof pages / sizeof pages[0])
+        slow = true;
+      else
+        pages[np++] = p;
+    }
+    if (!slow && np == 0) {
+      if (in_run) {
         in_run = false;
         r = fn (opaque, run_start << e->chunk_shift,
-                (c - run_start) << e->chunk_shift, false);
+                ((pg << BITMAP_PAGE_SHIFT) - run_start) << e->chunk_shift,
+                false);
+      }
+      continue;
+    }
+    for (w = pg * BITMAP_PAGE_WORDS;
+         w < (pg + 1) * BITMAP_PAGE_WORDS && r == 0; ++w) {
+      uint64_t bits = 0;
+      if (slow)
+        for (x = s; x != NULL && bits != UINT64_MAX; x = x->newer)
+          bits |= bitmap_word (&x->bm.copied, w);
+      else
+        for (k = 0; k < np; ++k)
+          bits |= __atomic_load_n (&pages[k][w % BITMAP_PAGE_WORDS],
+                                   __ATOMIC_ACQUIRE);
+      if ((bits == 0 && !in_run) || (bits == UINT64_MAX && in_run))
+        continue;
+      for (c = w * 64; c < w * 64 + 64 && c < e->nchunks && r == 0; ++c) {
+        bool set = (bits >> (c & 63)) & 1;
+        if (set && !in_run) {
+          run_start = c;
+          in_run = true;
+        }
+        else if (!set && in_run) {
+          in_run = false;
+          r = fn (opaque, run_start << e->chunk_shift,
+                  (c - run_start) << e->chunk_shift, false);
+        }
       }
     }
   }
@@ -547,12 +663,16 @@ cow_move_chunks (struct nbdsnap_engine *e, struct nbdsnap_snap *from,
   uint64_t w, c, need;
   bool moved = false;
 
+  if (from->damaged)
+    return 0;                   /* nothing trustworthy to move; the older
+                                   ones that needed it are invalid */
   for (w = 0; w < from->bm.nwords; ++w) {
-    need = from->bm.copied[w] & ~to->bm.copied[w];
+    need = bitmap_word (&from->bm.copied, w)
+           & ~bitmap_word (&to->bm.copied, w);
     while (need != 0) {
       c = w * 64 + __builtin_ctzll (need);
       need &= need - 1;
-      if (bitmap_test (to->bm.candidate, c)
+      if (bitmap_test (&to->bm.candidate, c)
           && move_data (e, from, to, c) == -1)
         goto err;
       moved = true;
@@ -565,14 +685,16 @@ cow_move_chunks (struct nbdsnap_engine *e, struct nbdsnap_snap *from,
   if (fdatasync (to->store_fd) == -1)
     goto err;
   for (w = 0; w < from->bm.nwords; ++w) {
-    need = from->bm.copied[w] & ~to->bm.copied[w];
-    while (need != 0) {
-      c = w * 64 + __builtin_ctzll (need);
-      need &= need - 1;
-      if (bitmap_test (to->bm.candidate, c))
-        __atomic_fetch_add (&to->chunks_copied, 1, __ATOMIC_RELAXED);
-      bitmap_set (to->bm.copied, c);
-    }
+    need = bitmap_word (&from->bm.copied, w)
+           & ~bitmap_word (&to->bm.copied, w);
+    if (need == 0)
+      continue;
+    if (bitmap_or_word (&to->bm, &to->bm.copied, w, need) == -1)
+      goto err;
+    __atomic_fetch_add (&to->chunks_copied,
+                        __builtin_popcountll
+                          (need & bitmap_word (&to->bm.candidate, w)),
+                        __ATOMIC_RELAXED);
   }
   __atomic_add_fetch (&to->dirty, 1, __ATOMIC_RELEASE);
   if (bitmap_sync (&to->bm) == -1)

@@ -26,6 +26,7 @@ struct nbdsnap_engine {
   uint64_t nchunks;
   enum nbdsnap_durability durability;
   uint64_t max_store;
+  unsigned fd_reserve;
 
   /* chain_lock protects the chain (oldest/newest and every snap's
    * older/newer links, the set of snapshots, next_id).  Origin writes and
@@ -60,5 +61,9 @@ extern int cow_move_chunks (struct nbdsnap_engine *e,
                             struct nbdsnap_snap *from,
                             struct nbdsnap_snap *to);
 extern int cow_sync_snap (struct nbdsnap_engine *e, struct nbdsnap_snap *s);
+/* Does s (older than x) read some chunk through x's store: a chunk that s
+ * needs (candidate), x holds data for, and no snapshot from s up to x
+ * (exclusive) copied?  chain_lock held. */
+extern bool cow_depends (struct nbdsnap_snap *s, struct nbdsnap_snap *x);
 
 #endif /* NBDSNAP_ENGINE_INTERNAL_H */

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -147,9 +148,8 @@ fill_candidates (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
 
   s->chunks_candidate = 0;
   if (e->origin->is_blockdev) {
-    bitmap_set_range (s->bm.candidate, 0, e->nchunks);
     s->chunks_candidate = e->nchunks;
-    return 0;
+    return bitmap_set_range (&s->bm.candidate, 0, e->nchunks);
   }
   while ((uint64_t) hole < e->size) {
     data = lseek (fd, hole, SEEK_DATA);
@@ -158,9 +158,8 @@ fill_candidates (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
         break;                  /* no data after hole */
       if (errno == EINVAL || errno == EOPNOTSUPP) {
         /* No SEEK_DATA here: everything is a candidate. */
-        bitmap_set_range (s->bm.candidate, 0, e->nchunks);
         s->chunks_candidate = e->nchunks;
-        return 0;
+        return bitmap_set_range (&s->bm.candidate, 0, e->nchunks);
       }
       nbdsnap_error ("lseek SEEK_DATA %s: %m", e->origin->path);
       return -1;
@@ -177,13 +176,37 @@ fill_candidates (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
     {
       uint64_t first = (uint64_t) data >> e->chunk_shift;
       uint64_t last = ((uint64_t) hole - 1) >> e->chunk_shift;
-      bitmap_set_range (s->bm.candidate, first, last - first + 1);
+      if (bitmap_set_range (&s->bm.candidate, first, last - first + 1)
+          == -1)
+        return -1;
       /* Extents are in order; two may share a chunk. */
       s->chunks_candidate += last - first + 1 - (first == prev_last);
       prev_last = last;
     }
   }
   return 0;
+}
+
+/* Would nsnaps snapshots fit in the open file limit, with fd_reserve
+ * descriptors left for clients and everything else?  EMFILE and a message
+ * saying what to do if not. */
+static int
+check_fd_budget (struct nbdsnap_engine *e, uint64_t nsnaps)
+{
+  struct rlimit rl;
+  uint64_t need = nsnaps * NBDSNAP_FDS_PER_SNAPSHOT + e->fd_reserve;
+
+  if (getrlimit (RLIMIT_NOFILE, &rl) == -1 || rl.rlim_cur == RLIM_INFINITY
+      || need <= rl.rlim_cur)
+    return 0;
+  errno = EMFILE;
+  nbdsnap_error ("too many snapshots for the open file limit: %" PRIu64
+                 " snapshots need %" PRIu64 " file descriptors (%d each, "
+                 "plus %u kept for clients), RLIMIT_NOFILE is %llu; raise "
+                 "it (ulimit -n, or LimitNOFILE= in a systemd unit) or "
+                 "delete snapshots", nsnaps, need, NBDSNAP_FDS_PER_SNAPSHOT,
+                 e->fd_reserve, (unsigned long long) rl.rlim_cur);
+  return -1;
 }
 
 static struct nbdsnap_snap *
@@ -219,6 +242,8 @@ nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
     nbdsnap_error ("snapshot %s already exists", name);
     goto err;
   }
+  if (check_fd_budget (e, e->nsnaps + 1) == -1)
+    goto err;
   /* Writes have drained (we hold the chain exclusive): flush them. */
   if (nbdsnap_origin_flush (e->origin) == -1)
     goto err;
@@ -235,10 +260,14 @@ nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
 
   snap_file_name (bmname, sizeof bmname, s->id, "bitmap");
   files = true;
-  if (bitmap_create (&s->bm, e->sd.dirfd, bmname, e->nchunks) == -1
+  if (bitmap_create (&s->bm, e->sd.dirfd, bmname, e->nchunks, s->id) == -1
       || fill_candidates (e, s) == -1
       || open_store (e, s, true) == -1)
     goto err;
+  if (bitmap_write_pages (&s->bm, &s->bm.candidate) == -1) {
+    nbdsnap_error ("create %s: write %s/%s: %m", name, e->sd.path, bmname);
+    goto err;
+  }
   if (bitmap_sync (&s->bm) == -1 || fsync (s->store_fd) == -1) {
     nbdsnap_error ("create %s: sync: %m", name);
     goto err;
@@ -249,6 +278,13 @@ nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
   e->next_id++;
   chain_append (e, s);
   pthread_rwlock_unlock (&e->chain_lock);
+  /* The meta file exists: the snapshot does.  Its bitmap header says
+   * "creating" until this rewrite, which is not needed for that (a meta
+   * file with a creating header is live at open) but lets a later open
+   * tell a lost meta file from an unfinished create.  Done outside the
+   * exclusive section; if a writer has invalidated it meanwhile, that
+   * state is on disk already and nothing is written. */
+  snap_state_durable (s);
   if (nbdsnap_debug_engine)
     nbdsnap_debug ("created snapshot %s (id %" PRIu64 ", %" PRIu64
                    " candidate chunks)", name, s->id, s->chunks_candidate);
@@ -286,8 +322,10 @@ delete_locked (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
 
   if (s->older && cow_move_chunks (e, s, s->older) == -1)
     return -1;
-  if (snap_set_state (&e->sd, s, NBDSNAP_STATE_DELETING) == -1) {
-    /* Not deleted: it stays as it was, readable if it was. */
+  /* In place in the bitmap header: works on a full file system. */
+  if (snap_set_state (s, NBDSNAP_STATE_DELETING) == -1) {
+    /* Not deleted: it stays as it was, readable if it was (the header
+     * still says so: the write failed). */
     __atomic_store_n (&s->state, old_state, __ATOMIC_RELEASE);
     return -1;
   }
@@ -367,36 +405,159 @@ nbdsnap_snap_list (struct nbdsnap_engine *e, struct nbdsnap_snap_info **out)
   return n;
 }
 
-/* Load one snapshot found on disk; NULL if it is to be skipped. */
+static bool
+file_exists (struct nbdsnap_engine *e, uint64_t id, const char *ext)
+{
+  char name[64];
+  struct stat st;
+
+  snap_file_name (name, sizeof name, id, ext);
+  return fstatat (e->sd.dirfd, name, &st, 0) == 0;
+}
+
+/* Open found s unusable or untrustworthy: invalid, with a message saying
+ * why, recorded in its bitmap header if that can be written. */
+static void
+open_invalid (struct nbdsnap_snap *s, const char *why)
+{
+  nbdsnap_error ("snapshot %s (id %" PRIu64 ") is invalid: %s", s->name,
+                 s->id, why);
+  s->invalid_at_open = true;
+  if (snap_state (s) == NBDSNAP_STATE_INVALID)
+    return;
+  __atomic_store_n (&s->state, NBDSNAP_STATE_INVALID, __ATOMIC_RELEASE);
+  if (s->bm.fd >= 0)
+    bitmap_set_state (&s->bm, BITMAP_STATE_INVALID);
+}
+
+static void
+lost_name (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  snprintf (s->name, sizeof s->name, "lost-%" PRIu64, s->id);
+}
+
+/* Load snapshot id, whatever of its files exist.  *out is NULL when
+ * nothing is kept (an unfinished create or delete, whose files are
+ * removed).  Damage never stops the open: the snapshot is kept, invalid,
+ * because older snapshots may read through it.  -1 only when memory runs
+ * out. */
 static int
 load_snap (struct nbdsnap_engine *e, uint64_t id, struct nbdsnap_snap **out)
 {
-  struct nbdsnap_snap *s = snap_new ();
-  char name[64];
+  struct nbdsnap_snap *s;
+  char bmname[64], why[160];
+  bool have_meta = file_exists (e, id, "meta");
+  const char *meta_problem = NULL;
+  uint32_t hstate = BITMAP_STATE_NONE;
+  uint64_t hid;
+  int peek_err = 0;
+  struct stat st;
 
   *out = NULL;
+  snap_file_name (bmname, sizeof bmname, id, "bitmap");
+  if (bitmap_peek (e->sd.dirfd, bmname, &hid, &hstate) == -1)
+    peek_err = errno;
+  if (!have_meta
+      && (peek_err == ENOENT || peek_err == EINVAL
+          || (peek_err == 0 && hstate != BITMAP_STATE_LIVE
+              && hstate != BITMAP_STATE_INVALID))) {
+    /* No meta file, and the bitmap says (or its blank header shows) that
+     * the snapshot never existed or was being deleted. */
+    nbdsnap_debug ("removing the leftovers of snapshot id %" PRIu64
+                   " (an unfinished %s)", id,
+                   hstate == BITMAP_STATE_DELETING ? "delete" : "create");
+    return snap_unlink_files (&e->sd, id) == -1 ? 0 : 0;
+  }
+
+  s = snap_new ();
   if (s == NULL)
     return -1;
-  if (snap_read_meta (&e->sd, id, s) == -1)
-    goto err;
-  if (snap_state (s) == NBDSNAP_STATE_DELETING) {
+  s->id = id;
+  s->state = NBDSNAP_STATE_LIVE;
+  if (!have_meta)
+    meta_problem = "its meta file is missing (its data is kept: older "
+                   "snapshots may need it)";
+  else if (snap_read_meta (&e->sd, id, s) == -1) {
+    meta_problem = "its meta file is damaged";
+    s->state = NBDSNAP_STATE_LIVE;
+    s->temporary = false;
+    s->max_store = 0;
+  }
+  if (meta_problem) {
+    lost_name (e, s);
+    s->id = id;
+    s->created.tv_sec = 0;
+    s->created.tv_nsec = 0;
+  }
+  if (snap_state (s) == NBDSNAP_STATE_DELETING
+      || (peek_err == 0 && hstate == BITMAP_STATE_DELETING)) {
     nbdsnap_debug ("finishing the deletion of snapshot %s", s->name);
     snap_free (s);
-    return snap_unlink_files (&e->sd, id);
+    return snap_unlink_files (&e->sd, id) == -1 ? 0 : 0;
   }
-  snap_file_name (name, sizeof name, id, "bitmap");
-  if (bitmap_open (&s->bm, e->sd.dirfd, name, e->nchunks) == -1
-      || open_store (e, s, false) == -1)
-    goto err;
-  s->chunks_candidate = bitmap_count (s->bm.candidate, NULL, s->bm.nwords);
-  s->chunks_copied = bitmap_count (s->bm.copied, s->bm.candidate,
-                                   s->bm.nwords);
+
+  if (bitmap_open (&s->bm, e->sd.dirfd, bmname, e->nchunks) == -1) {
+    if (bitmap_blank (&s->bm, e->nchunks) == -1) {
+      snap_free (s);
+      return -1;
+    }
+    s->damaged = SNAP_DAMAGE_BITMAP;
+    snprintf (why, sizeof why, "its bitmap %s cannot be used", bmname);
+  }
+  else if (s->bm.version >= 2 && s->bm.id != id) {
+    bitmap_close (&s->bm);
+    if (bitmap_blank (&s->bm, e->nchunks) == -1) {
+      snap_free (s);
+      return -1;
+    }
+    s->damaged = SNAP_DAMAGE_BITMAP;
+    snprintf (why, sizeof why, "its bitmap %s belongs to snapshot id %"
+              PRIu64, bmname, s->bm.id);
+  }
+  else if (open_store (e, s, false) == -1) {
+    s->damaged = SNAP_DAMAGE_STORE;
+    snprintf (why, sizeof why, "its store cannot be opened: %s",
+              strerror (errno));
+  }
+  else if (fstat (s->store_fd, &st) == -1
+           || (uint64_t) st.st_size != e->size) {
+    s->damaged = SNAP_DAMAGE_STORE;
+    snprintf (why, sizeof why, "its store is %" PRIu64 " bytes, not the "
+              "image's %" PRIu64 " (truncated?)", (uint64_t) st.st_size,
+              e->size);
+  }
+  if (s->damaged)
+    open_invalid (s, why);
+  else if (meta_problem)
+    open_invalid (s, meta_problem);
+  else if (s->bm.state == BITMAP_STATE_INVALID)
+    __atomic_store_n (&s->state, NBDSNAP_STATE_INVALID, __ATOMIC_RELEASE);
+  else if (snap_state (s) == NBDSNAP_STATE_INVALID)
+    snap_state_durable (s);     /* a version 1 file: record it */
+  else if (s->bm.state != BITMAP_STATE_LIVE)
+    snap_state_durable (s);     /* creating (the meta file exists) or a
+                                   version 1 header: now live */
+  s->chunks_candidate = bitmap_count (&s->bm.candidate, NULL);
+  s->chunks_copied = bitmap_count (&s->bm.copied, &s->bm.candidate);
   *out = s;
   return 0;
+}
 
- err:
-  snap_free (s);
-  return -1;
+/* Invalidate the snapshots older than x that may read through x, damaged
+ * at open: all of them if x's bitmap is unknown; if only x's store is,
+ * those that read some chunk from it (cow_depends). */
+static void
+invalidate_dependents (struct nbdsnap_engine *e, struct nbdsnap_snap *x)
+{
+  struct nbdsnap_snap *s;
+  char why[160];
+
+  snprintf (why, sizeof why, "it may read through snapshot %s (id %"
+            PRIu64 "), which is damaged", x->name, x->id);
+  for (s = x->older; s != NULL; s = s->older)
+    if (snap_state (s) != NBDSNAP_STATE_INVALID
+        && (x->damaged == SNAP_DAMAGE_BITMAP || cow_depends (s, x)))
+      open_invalid (s, why);
 }
 
 static int
@@ -406,18 +567,19 @@ cmp_u64 (const void *a, const void *b)
   return x < y ? -1 : x > y;
 }
 
-/* Scan the directory: load snapshots in id order, remove leftovers. */
+/* Scan the directory: every id that has any file, in order. */
 static int
-load_all (struct nbdsnap_engine *e)
+scan_ids (struct nbdsnap_engine *e, uint64_t **out, size_t *nout,
+          size_t *nmeta)
 {
   DIR *dir;
   struct dirent *d;
   uint64_t *ids = NULL, id;
-  size_t n = 0, cap = 0, i;
-  int dfd, r = -1;
-  char ext[16], meta[64];
-  struct stat st;
+  size_t n = 0, cap = 0, i, j;
+  int dfd, len;
+  char ext[16];
 
+  *nmeta = 0;
   dfd = dup (e->sd.dirfd);
   if (dfd == -1 || (dir = fdopendir (dfd)) == NULL) {
     nbdsnap_error ("opendir %s: %m", e->sd.path);
@@ -426,48 +588,81 @@ load_all (struct nbdsnap_engine *e)
     return -1;
   }
   while ((d = readdir (dir)) != NULL) {
-    int len;
     if (sscanf (d->d_name, "snap-%" SCNu64 ".%15s%n", &id, ext, &len) != 2)
       continue;
     if (strstr (d->d_name, ".tmp")) {  /* a rename that did not happen */
       unlinkat (e->sd.dirfd, d->d_name, 0);
       continue;
     }
-    snap_file_name (meta, sizeof meta, id, "meta");
-    if (fstatat (e->sd.dirfd, meta, &st, 0) == -1) {
-      /* A create that did not finish. */
-      nbdsnap_debug ("removing leftover %s", d->d_name);
-      unlinkat (e->sd.dirfd, d->d_name, 0);
+    if (strcmp (ext, "meta") != 0 && strcmp (ext, "bitmap") != 0
+        && strcmp (ext, "store") != 0)
       continue;
-    }
-    if (strcmp (ext, "meta") != 0)
-      continue;
+    *nmeta += strcmp (ext, "meta") == 0;
     if (n == cap) {
       uint64_t *p = realloc (ids, (cap = cap ? cap * 2 : 16) * sizeof *ids);
       if (p == NULL) {
         nbdsnap_error ("realloc: %m");
-        goto out;
+        free (ids);
+        closedir (dir);
+        return -1;
       }
       ids = p;
     }
     ids[n++] = id;
   }
+  closedir (dir);
   if (n > 0)                    /* ids is NULL then: qsort (NULL) is UB */
     qsort (ids, n, sizeof *ids, cmp_u64);
+  for (i = j = 0; i < n; ++i)   /* unique */
+    if (j == 0 || ids[j - 1] != ids[i])
+      ids[j++] = ids[i];
+  *out = ids;
+  *nout = j;
+  return 0;
+}
+
+/* Load every snapshot in id order, then check the chain as a whole:
+ * names unique, and nothing older reads through a damaged snapshot. */
+static int
+load_all (struct nbdsnap_engine *e)
+{
+  struct nbdsnap_snap *s, *t;
+  uint64_t *ids;
+  size_t n, nmeta, i;
+  char why[160];
+
+  if (scan_ids (e, &ids, &n, &nmeta) == -1)
+    return -1;
+  if (check_fd_budget (e, nmeta) == -1) {
+    free (ids);
+    return -1;
+  }
   for (i = 0; i < n; ++i) {
-    struct nbdsnap_snap *s;
-    if (load_snap (e, ids[i], &s) == -1)
-      goto out;
+    if (load_snap (e, ids[i], &s) == -1) {
+      free (ids);
+      return -1;
+    }
     if (s)
       chain_append (e, s);
     if (ids[i] >= e->next_id)
       e->next_id = ids[i] + 1;
   }
-  r = 0;
- out:
-  closedir (dir);
   free (ids);
-  return r;
+
+  for (s = e->oldest; s != NULL; s = s->newer)
+    for (t = e->oldest; t != s; t = t->newer)
+      if (strcmp (t->name, s->name) == 0) {
+        snprintf (why, sizeof why, "its name %s is also snapshot id %"
+                  PRIu64 "'s; renamed", s->name, t->id);
+        lost_name (e, s);
+        open_invalid (s, why);
+        snap_write_meta (&e->sd, s);
+        break;
+      }
+  for (s = e->newest; s != NULL; s = s->older)
+    if (s->damaged)
+      invalidate_dependents (e, s);
+  return 0;
 }
 
 struct nbdsnap_engine *
@@ -496,6 +691,8 @@ nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
   e->size = cfg->origin->size;
   e->durability = cfg->durability;
   e->max_store = cfg->max_store;
+  e->fd_reserve = cfg->fd_reserve ? cfg->fd_reserve
+                                  : NBDSNAP_FD_RESERVE_DEFAULT;
   e->next_id = 1;
   if (statedir_open (&e->sd, cfg->statedir, cfg->origin, cfg->chunk_size)
       == -1) {

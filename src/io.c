@@ -20,9 +20,9 @@ io_pread_full (int fd, void *buf, size_t count, off_t offset)
         continue;
       return -1;
     }
-    if (r == 0) {               /* end of file: sparse tail reads as zeros */
-      memset (p, 0, count);
-      return 0;
+    if (r == 0) {               /* end of file: truncated under us */
+      errno = EIO;
+      return -1;
     }
     p += r;
     count -= r;

@@ -61,23 +61,38 @@ snap_free (struct nbdsnap_snap *s)
   free (s);
 }
 
+/* FNV-1a 64 of the meta text before its checksum line. */
+static uint64_t
+meta_checksum (const char *text, size_t len)
+{
+  uint64_t x = UINT64_C (0xcbf29ce484222325);
+  size_t i;
+
+  for (i = 0; i < len; ++i)
+    x = (x ^ (unsigned char) text[i]) * UINT64_C (0x100000001b3);
+  return x;
+}
+
 int
 snap_write_meta (struct statedir *sd, struct nbdsnap_snap *s)
 {
   char name[64], buf[512];
+  int n;
 
   snap_file_name (name, sizeof name, s->id, "meta");
-  snprintf (buf, sizeof buf,
-            META_MAGIC "\n"
-            "id %" PRIu64 "\n"
-            "name %s\n"
-            "created %lld.%09ld\n"
-            "state %s\n"
-            "temporary %d\n"
-            "max-store %" PRIu64 "\n",
-            s->id, s->name, (long long) s->created.tv_sec,
-            s->created.tv_nsec, snap_state_name (snap_state (s)),
-            s->temporary ? 1 : 0, s->max_store);
+  n = snprintf (buf, sizeof buf,
+                META_MAGIC "\n"
+                "id %" PRIu64 "\n"
+                "name %s\n"
+                "created %lld.%09ld\n"
+                "state %s\n"
+                "temporary %d\n"
+                "max-store %" PRIu64 "\n",
+                s->id, s->name, (long long) s->created.tv_sec,
+                s->created.tv_nsec, snap_state_name (snap_state (s)),
+                s->temporary ? 1 : 0, s->max_store);
+  snprintf (buf + n, sizeof buf - n, "checksum %016" PRIx64 "\n",
+            meta_checksum (buf, n));
   return statedir_write_file (sd, name, buf);
 }
 
@@ -85,10 +100,12 @@ int
 snap_read_meta (struct statedir *sd, uint64_t id, struct nbdsnap_snap *s)
 {
   char name[64], buf[1024], state[16];
+  const char *sum;
   long long sec;
   long nsec;
   int temporary, fd, i;
   ssize_t n;
+  uint64_t want;
 
   snap_file_name (name, sizeof name, id, "meta");
   fd = openat (sd->dirfd, name, O_RDONLY | O_CLOEXEC);
@@ -103,6 +120,15 @@ snap_read_meta (struct statedir *sd, uint64_t id, struct nbdsnap_snap *s)
     return -1;
   }
   buf[n] = '\0';
+  sum = strstr (buf, "\nchecksum ");
+  if (sum != NULL
+      && (sscanf (sum + 1, "checksum %" SCNx64, &want) != 1
+          || want != meta_checksum (buf, sum + 1 - buf))) {
+    errno = EINVAL;
+    nbdsnap_error ("%s/%s: checksum mismatch: the file is damaged",
+                   sd->path, name);
+    return -1;
+  }
   if (strncmp (buf, META_MAGIC "\n", strlen (META_MAGIC) + 1) != 0
       || sscanf (buf + strlen (META_MAGIC) + 1,
                  "id %" SCNu64 "\n"
@@ -113,7 +139,7 @@ snap_read_meta (struct statedir *sd, uint64_t id, struct nbdsnap_snap *s)
                  "max-store %" SCNu64 "\n",
                  &s->id, s->name, &sec, &nsec, state, &temporary,
                  &s->max_store) != 7
-      || s->id != id || nbdsnap_name_valid (s->name) == -1) {
+      || s->id != id || !nbdsnap_name_ok (s->name)) {
     errno = EINVAL;
     nbdsnap_error ("%s/%s: malformed snapshot metadata", sd->path, name);
     return -1;
@@ -133,23 +159,56 @@ snap_read_meta (struct statedir *sd, uint64_t id, struct nbdsnap_snap *s)
   return 0;
 }
 
+static uint32_t
+bitmap_state_of (int state)
+{
+  switch (state) {
+  case NBDSNAP_STATE_LIVE: return BITMAP_STATE_LIVE;
+  case NBDSNAP_STATE_DELETING: return BITMAP_STATE_DELETING;
+  default: return BITMAP_STATE_INVALID;
+  }
+}
+
 int
-snap_set_state (struct statedir *sd, struct nbdsnap_snap *s,
-                enum nbdsnap_state state)
+snap_set_state (struct nbdsnap_snap *s, enum nbdsnap_state state)
 {
   int r;
 
   pthread_mutex_lock (&s->meta_lock);
   __atomic_store_n (&s->state, state, __ATOMIC_RELEASE);
-  r = snap_write_meta (sd, s);
+  r = bitmap_set_state (&s->bm, bitmap_state_of (state));
+  if (r == -1)
+    nbdsnap_error ("snapshot %s: cannot record the state %s in its bitmap "
+                   "header: %m", s->name, snap_state_name (state));
   pthread_mutex_unlock (&s->meta_lock);
   return r;
+}
+
+bool
+snap_state_durable (struct nbdsnap_snap *s)
+{
+  uint32_t want;
+  bool ok;
+
+  pthread_mutex_lock (&s->meta_lock);
+  want = bitmap_state_of (snap_state (s));
+  ok = s->bm.state == want
+       || (s->invalid_at_open && snap_state (s) == NBDSNAP_STATE_INVALID);
+  if (!ok && bitmap_set_state (&s->bm, want) == 0)
+    ok = true;
+  else if (!ok)
+    nbdsnap_error ("snapshot %s: cannot record the state %s in its bitmap "
+                   "header: %m", s->name, snap_state_name (snap_state (s)));
+  pthread_mutex_unlock (&s->meta_lock);
+  return ok;
 }
 
 int
 snap_unlink_files (struct statedir *sd, uint64_t id)
 {
-  static const char *exts[] = { "store", "bitmap", "meta" };
+  /* The bitmap last: its header says "deleting" (or "creating") until the
+   * end, so what a crash leaves is finished at the next open. */
+  static const char *exts[] = { "meta", "store", "bitmap" };
   char name[64];
   size_t i;
 

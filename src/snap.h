@@ -12,17 +12,35 @@
  *                      state live|deleting|invalid
  *                      temporary 0|1
  *                      max-store 0
- *   snap-ID.bitmap   candidate + copied bits (bitmap.h)
+ *                      checksum 0123456789abcdef
+ *                    (checksum: FNV-1a 64 of the lines before it; files
+ *                    written before it existed have none and are read)
+ *   snap-ID.bitmap   header (with the id and the state) + candidate and
+ *                    copied bits (bitmap.h)
  *   snap-ID.store    sparse, the image's size; chunk c's preserved content
  *                    lives at offset c * chunk-size, like fssnap's backing
  *                    file
  *
- * The meta file is written last at create and its existence is what makes
- * the snapshot exist: bitmap or store files without one are leftovers of a
- * create that did not finish, removed at open.  At delete the meta file is
- * rewritten with state "deleting" once the chunks that the next older
- * snapshot needs have been moved (durably); a "deleting" snapshot found at
- * open has its files removed.
+ * The state that counts is the one in the bitmap header, rewritten in
+ * place (no free space needed) and synced whenever it changes: creating ->
+ * live -> invalid and/or deleting.  The meta file's state line is what the
+ * state was when the meta file was last written (at create, or when a
+ * deferred delete marks it temporary); at open the worse of the two wins.
+ *
+ * Create writes the bitmap (state creating) and the store, syncs them,
+ * then writes the meta file: its existence is what makes the snapshot
+ * exist.  Then the header becomes live (synced).  Files without a meta
+ * file whose bitmap says creating (or has no header yet) are leftovers of
+ * a create that did not finish and are removed at open; a bitmap that
+ * says live or invalid without a meta file lost its meta file, and the
+ * snapshot is kept (invalid, named lost-ID): older snapshots may read
+ * through its store.
+ *
+ * Delete moves the chunks that the next older snapshot needs (durably),
+ * then writes "deleting" into the bitmap header (synced), then removes
+ * the meta file, the store and last the bitmap, whose header says
+ * "deleting" until it goes: a deleting snapshot found at open has its
+ * files removed.
  */
 #ifndef NBDSNAP_SNAP_H
 #define NBDSNAP_SNAP_H
@@ -43,7 +61,19 @@ struct nbdsnap_snap {
   struct timespec created;
   bool temporary;
   uint64_t max_store;
-  int state;                    /* enum nbdsnap_state; atomic */
+  int state;                    /* enum nbdsnap_state; atomic.  In memory:
+                                   it changes first, then the bitmap
+                                   header (snap_set_state) */
+  /* damaged: found at open with its store or bitmap unusable (wrong size,
+   * unreadable, missing): its data is never moved, and the older
+   * snapshots that might read through it are invalid too.  Fixed after
+   * open. */
+  enum { SNAP_DAMAGE_NONE, SNAP_DAMAGE_STORE, SNAP_DAMAGE_BITMAP } damaged;
+  /* Made invalid by open's checks (damage, a lost meta file, a duplicate
+   * name), which find the same again at every open: the invalid state
+   * needs no record on disk (one is written if it can be).  Fixed after
+   * open. */
+  bool invalid_at_open;
 
   struct bitmap_file bm;
   int store_fd;
@@ -62,8 +92,10 @@ struct nbdsnap_snap {
   uint64_t chunks_copied;
   uint64_t cow_count;
 
-  /* meta_lock serializes rewrites of the meta file (state changes); taken
-   * by snap_set_state only, innermost (see the lock order in engine.h). */
+  /* meta_lock serializes rewrites of the meta file and of the bitmap
+   * header (state changes), and guards bm.state; taken by snap_set_state,
+   * snap_state_durable and nbdsnap_snap_mark_temporary, innermost (see
+   * the lock order in engine.h). */
   pthread_mutex_t meta_lock;
 
   /* The chain, oldest to newest; protected by engine->chain_lock. */
@@ -79,10 +111,17 @@ extern int snap_write_meta (struct statedir *sd, struct nbdsnap_snap *s);
 /* Parse snap-ID.meta into s (id, name, created, state, temporary, max). */
 extern int snap_read_meta (struct statedir *sd, uint64_t id,
                            struct nbdsnap_snap *s);
-/* Change the state and persist it; messages say why. */
-extern int snap_set_state (struct statedir *sd, struct nbdsnap_snap *s,
-                           enum nbdsnap_state state);
-/* Remove the snapshot's files (meta last) and fsync the directory. */
+/* Change the state in memory, then persist it in the bitmap header
+ * (in place, synced; needs no free space).  -1 if it could not be
+ * persisted (reported): the state in memory has changed all the same, and
+ * snap_state_durable says false until a later call succeeds. */
+extern int snap_set_state (struct nbdsnap_snap *s, enum nbdsnap_state state);
+/* Whether the state in memory is the one on disk; if not, try to write it
+ * again.  The copy-on-write path calls this before it changes a chunk
+ * that an invalid snapshot would need. */
+extern bool snap_state_durable (struct nbdsnap_snap *s);
+/* Remove the snapshot's files (meta first, bitmap last) and fsync the
+ * directory. */
 extern int snap_unlink_files (struct statedir *sd, uint64_t id);
 
 static inline int

@@ -17,7 +17,7 @@
  *             the copy and its bitmap bit are durable.
  *
  * It prints on stdout the facts the script needs to read the trace:
- *   origin_fd= store_fd= bitmap_addr= chunk= and the chunks each phase uses.
+ *   origin_fd= store_fd= bitmap_fd= chunk= and the chunks each phase uses.
  * It then checks the snapshot still reads the old bytes and exits 0, or 1
  * on any error.
  */
@@ -99,7 +99,7 @@ writer (void *varg)
   /* Aim at the window between the copier setting the bit and the bit
    * being durable: a writer arriving then must not overtake the copier. */
   if (a->wait_bit)
-    while (!bitmap_test (a->wait_bit->bm.copied, a->chunk))
+    while (!bitmap_test (&a->wait_bit->bm.copied, a->chunk))
       ;
   write_chunk (a->chunk, a->val);
   return NULL;
@@ -173,7 +173,6 @@ main (int argc, char *argv[])
   printf ("origin_fd=%d\n", o.fd);
   printf ("store_fd=%d\n", s->store_fd);
   printf ("bitmap_fd=%d\n", s->bm.fd);
-  printf ("bitmap_addr=%p\n", s->bm.map);
   printf ("chunk=%d\n", CHUNK);
   printf ("single_chunk=3\n");
   printf ("spread_chunks=%d-%d\n", 10, 10 + n - 1);

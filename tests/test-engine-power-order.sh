@@ -9,16 +9,19 @@
 #
 # durability=power, for every origin pwrite to chunk k: before it
 #   started, a store pwrite of chunk k had ended, then an fdatasync of the
-#   store started and ended, then an msync of the bitmap started and
-#   ended (the copy and its bit are durable before the origin changes) --
-#   for the first write of a chunk and for every later one; in "single"
-#   the first four events are exactly store pwrite, fdatasync(store),
-#   msync(bitmap), origin pwrite, and the second write is one origin
-#   pwrite alone; in "spread" the N copies share fewer than N fdatasync
-#   calls (group commit); in "same" the chunk is copied once.
+#   store started and ended, then a pwrite of the bitmap (the copied
+#   bit's word) started and ended, then an fdatasync of the bitmap
+#   started and ended (the copy and its bit are durable before the origin
+#   changes) -- for the first write of a chunk and for every later one;
+#   in "single" the first five events are exactly store pwrite,
+#   fdatasync(store), bitmap pwrite, fdatasync(bitmap), origin pwrite, and
+#   the second write is one origin pwrite alone; in "spread" the N copies
+#   share fewer than N store fdatasync calls (group commit); in "same" the
+#   chunk is copied once.
 # durability=process: no fdatasync, msync or fsync at all on this path;
 #   every origin pwrite to chunk k starts after a store pwrite of chunk k
-#   ended (what kill -9 needs); same copy counts.
+#   ended and then a bitmap pwrite ended (what kill -9 needs: the bit is
+#   in the page cache); same copy counts.
 #
 # On failure the parsed events of the phase are printed.
 
@@ -35,18 +38,19 @@ N=8
 check ()
 {
   local mode=$1 trace=$2 info=$3
-  local origin_fd store_fd bitmap_addr chunk
+  local origin_fd store_fd bitmap_fd chunk
   origin_fd=$(sed -n 's/^origin_fd=//p' "$info")
   store_fd=$(sed -n 's/^store_fd=//p' "$info")
-  bitmap_addr=$(sed -n 's/^bitmap_addr=//p' "$info")
+  bitmap_fd=$(sed -n 's/^bitmap_fd=//p' "$info")
   chunk=$(sed -n 's/^chunk=//p' "$info")
   awk -v mode="$mode" -v ofd="$origin_fd" -v sfd="$store_fd" \
-      -v baddr="$bitmap_addr" -v chunk="$chunk" -v N="$N" '
+      -v bfd="$bitmap_fd" -v chunk="$chunk" -v N="$N" '
     function kind_of(name, a1) {
       if (name == "pwrite64" && a1 == sfd) return "store"
       if (name == "pwrite64" && a1 == ofd) return "origin"
       if (name == "fdatasync" && a1 == sfd) return "sync"
-      if (name == "msync" && a1 == baddr) return "msync"
+      if (name == "pwrite64" && a1 == bfd) return "bitmap"
+      if (name == "fdatasync" && a1 == bfd) return "bsync"
       if (name == "pwrite64") return "pwrite-other"
       return name "-other"
     }
@@ -98,16 +102,25 @@ check ()
       for (i = 1; i <= ev; i++) if (ph[i] == p && kind[i] == k) n++
       return n
     }
-    # Is there a store pwrite S of chunk c, [fdatasync F, msync M], each
-    # ended before the next started, M (or S) ended before line t?
-    function preceded(c, t,   i, j, k) {
+    # Is there an event of kind k that started after line a and ended
+    # before line t?
+    function between(k, a, t,   i) {
+      for (i = 1; i <= ev; i++)
+        if (kind[i] == k && ent[i] > a && ext[i] >= 0 && ext[i] < t) return i
+      return 0
+    }
+    # Is there a store pwrite S of chunk c, [fdatasync F], bitmap pwrite
+    # B, [fdatasync(bitmap) K], each ended before the next started, the
+    # last ended before line t?
+    function preceded(c, t,   i, j, b) {
       for (i = 1; i <= ev; i++) {
         if (kind[i] != "store" || ck[i] != c || ext[i] < 0 || ext[i] >= t) continue
-        if (mode == "process") return 1
+        if (mode == "process") { if (between("bitmap", ext[i], t)) return 1; continue }
         for (j = 1; j <= ev; j++) {
           if (kind[j] != "sync" || ent[j] <= ext[i] || ext[j] < 0 || ext[j] >= t) continue
-          for (k = 1; k <= ev; k++)
-            if (kind[k] == "msync" && ent[k] > ext[j] && ext[k] >= 0 && ext[k] < t)
+          for (b = 1; b <= ev; b++)
+            if (kind[b] == "bitmap" && ent[b] > ext[j] && ext[b] >= 0 && ext[b] < t \
+                && between("bsync", ext[b], t))
               return 1
         }
       }
@@ -117,14 +130,14 @@ check ()
       status = 0; gc = 0
       for (i = 1; i <= ev; i++) {
         if (kind[i] == "origin" && !preceded(ck[i], ent[i]))
-          bad(ph[i], sprintf("origin pwrite at trace line %d (chunk %d) was not preceded by %s", ent[i], ck[i], mode == "power" ? "store pwrite -> fdatasync(store) -> msync(bitmap), each ended before the next began" : "an ended store pwrite of that chunk"))
-        if (mode == "process" && kind[i] ~ /^(sync|msync|fdatasync-other|msync-other|fsync-other)$/)
+          bad(ph[i], sprintf("origin pwrite at trace line %d (chunk %d) was not preceded by %s", ent[i], ck[i], mode == "power" ? "store pwrite -> fdatasync(store) -> bitmap pwrite -> fdatasync(bitmap), each ended before the next began" : "an ended store pwrite of that chunk, then an ended bitmap pwrite"))
+        if (mode == "process" && kind[i] ~ /^(sync|bsync|fdatasync-other|msync-other|fsync-other)$/)
           bad(ph[i], sprintf("durability=process must not sync on the copy path: trace line %d", ent[i]))
       }
       # single: the exact sequence
       n = 0
       for (i = 1; i <= ev; i++) if (ph[i] == "single") seq[++n] = kind[i]
-      want = (mode == "power") ? "store sync msync origin" : "store origin"
+      want = (mode == "power") ? "store sync bitmap bsync origin" : "store bitmap origin"
       got = ""
       for (i = 1; i <= n; i++) got = got (i > 1 ? " " : "") seq[i]
       if (got != want) bad("single", "events are \"" got "\", want \"" want "\"")
@@ -138,7 +151,7 @@ check ()
       if (count("same", "origin") != N) bad("same", sprintf("%d origin pwrites for %d writes", count("same", "origin"), N))
       if (mode == "power") {
         ns = count("spread", "sync")
-        printf "%s: spread phase: %d writers, %d store pwrites, %d fdatasync, %d msync\n", mode, N, count("spread", "store"), ns, count("spread", "msync")
+        printf "%s: spread phase: %d writers, %d store pwrites, %d fdatasync, %d bitmap fdatasync\n", mode, N, count("spread", "store"), ns, count("spread", "bsync")
         if (ns < 1) bad("spread", "no fdatasync at all")
         else if (ns >= N && status == 0) {
           printf "group commit not seen: %d fdatasync calls for %d concurrent writers\n", ns, N > "/dev/stderr"

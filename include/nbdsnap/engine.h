@@ -70,7 +70,17 @@ struct nbdsnap_engine_config {
   enum nbdsnap_durability durability;
   uint64_t max_store;               /* default per-snapshot limit in bytes,
                                        0 = none */
+  unsigned fd_reserve;              /* file descriptors kept free for
+                                       clients and everything else: create
+                                       (and open) refuse snapshots that
+                                       would eat into them (EMFILE);
+                                       0 = NBDSNAP_FD_RESERVE_DEFAULT */
 };
+
+/* Every snapshot keeps NBDSNAP_FDS_PER_SNAPSHOT descriptors open (its
+ * bitmap and its store). */
+#define NBDSNAP_FDS_PER_SNAPSHOT 2
+#define NBDSNAP_FD_RESERVE_DEFAULT 64u
 
 /* What info / list show about one snapshot. */
 struct nbdsnap_snap_info {
