@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # nbdsnap test: EIO from the store of a snapshot (issue 7).  The state
 # directory lives on tests/faultfs, the image does not.  Snapshots s0 and
-# s1 (s0 older, with chunks of its own copied), then faultfs fails every
-# write (round "write") or every fdatasync (round "fdatasync") of s1's
-# store, snap-ID.store, with EIO, and the origin is overwritten (1 MiB
-# plus part of what s0 copied).  Then:
-#   - every origin write succeeded and the origin has the new bytes;
+# s1 (s0 older, with chunks of its own copied), then faultfs fails, with
+# EIO, every write (round "write", durability=power), every fdatasync
+# (round "fdatasync", power) or every fsync and fdatasync (round "flush",
+# durability=process: the first sync is the client's FUA or FLUSH) of
+# s1's store, snap-ID.store, and the origin is overwritten (1 MiB plus
+# part of what s0 copied; half the writes FUA, then a FLUSH).  Then:
+#   - every origin write and flush succeeded and the origin has the new
+#     bytes (DESIGN 5: EIO on the store invalidates that snapshot, the
+#     origin write succeeds and loses nothing);
 #   - s1 is invalid (ctl --json info) and every read of it fails with EIO,
 #     never other bytes;
 #   - s0, which takes the copies s1 could not, still reads its instant;
@@ -62,9 +66,15 @@ check_instant ()
 img="$tmpdir/disk.img"
 size=$(( 2 * 1024 * 1024 ))
 state_dir="$tmpdir/mnt/state"
-args=("$img" statedir="$state_dir" admin="$tmpdir/admin.sock" chunk-size=64K)
 
-for fault in write fdatasync; do
+for fault in write fdatasync flush; do
+  case $fault in
+    write) ops=write mode=power ;;
+    fdatasync) ops=fdatasync mode=power ;;
+    flush) ops=fsync,fdatasync mode=process ;;
+  esac
+  args=("$img" statedir="$state_dir" admin="$tmpdir/admin.sock"
+        chunk-size=64K durability=$mode)
   for end in stop kill9; do
     round="$fault/$end"
     echo "=== round $round"
@@ -81,11 +91,29 @@ for fault in write fdatasync; do
     ctl create s1
     store="$(cd "$tmpdir/fsrc/state" && ls snap-*.store | sort | tail -n 1)"
 
-    fault_ctl fail "$fault" "$store" EIO
-    # 16 chunks new to both snapshots, 2 that s0 already holds.
-    timeout 60 qemu-io -f raw -c 'write -P 0x77 0 1152k' "$uri" \
-      > "$tmpdir/out" ||
-      { cat "$tmpdir/out"; fail "$round: an origin write failed"; }
+    fault_ctl fail "$ops" "$store" EIO
+    # 16 chunks new to both snapshots, 2 that s0 already holds; half of
+    # the writes FUA, then a flush.
+    timeout 60 "$PYTHON" - "$uri" "$round" <<'PY' ||
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+errors = []
+for off in range(0, 1152 * 1024, 65536):
+    fua = off < 576 * 1024
+    try:
+        h.pwrite(b"\x77" * 65536, off, nbd.CMD_FLAG_FUA if fua else 0)
+    except nbd.Error as e:
+        errors.append("%swrite at %d: %s" % ("FUA " if fua else "", off, e))
+try:
+    h.flush()
+except nbd.Error as e:
+    errors.append("flush: %s" % e)
+if errors:
+    raise SystemExit("%s: %d origin requests failed: %s"
+                     % (sys.argv[2], len(errors), "; ".join(errors[:3])))
+PY
+      fail "$round: the origin requests must succeed (see above)"
     n="$(fault_count)"
     echo "$round: faultfs failed $n calls on $store"
     [ "$n" -gt 0 ] || fail "$round: the fault on $store never fired"
@@ -110,7 +138,8 @@ for fault in write fdatasync; do
     check_instant s0 "after $end and a restart"
 
     # More writes: copies go to s0 (s1 takes none), s1 stays invalid.
-    timeout 60 qemu-io -f raw -c 'write -P 0x78 512k 1M' "$uri" >/dev/null
+    timeout 60 qemu-io -f raw -c 'write -P 0x78 512k 1M' -c flush "$uri" \
+      >/dev/null
     check_invalid s1 "after $end, a restart and more writes"
     check_instant s0 "after $end, a restart and more writes"
     stop_nbdkit
