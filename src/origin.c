@@ -173,8 +173,8 @@ nbdsnap_origin_open (struct nbdsnap_origin *o, const char *path, bool readonly)
     }
     if (ssz <= 0 || (ssz & (ssz - 1)) != 0) {
       errno = EINVAL;
-      nbdsnap_error ("%s: logical block size %d is not a power of two",
-                     path, ssz);
+      nbdsnap_error ("%s: logical block size %d is not a power of two", path,
+                     ssz);
       goto err;
     }
     o->block_size = ssz;
@@ -194,10 +194,10 @@ nbdsnap_origin_open (struct nbdsnap_origin *o, const char *path, bool readonly)
   o->can_punch_hole = true;
   o->can_zero_range = true;
   if (nbdsnap_debug_engine)
-    nbdsnap_debug ("origin %s: %s, %" PRIu64 " bytes, block size %" PRIu32
-                   ", %s", path,
-                   o->is_blockdev ? "block device" : "regular file", o->size,
-                   o->block_size, readonly ? "read-only" : "read-write");
+    nbdsnap_debug (
+        "origin %s: %s, %" PRIu64 " bytes, blocks of %" PRIu32 ", %s", path,
+        o->is_blockdev ? "block device" : "regular file", o->size,
+        o->block_size, readonly ? "read-only" : "read-write");
   return 0;
 
 err:
@@ -286,8 +286,8 @@ write_zeros (struct nbdsnap_origin *o, uint32_t count, uint64_t offset)
  * whole blocks of o->block_size.  If there is none, *mid_count is 0 and
  * *mid is the end of the range, so that the whole range is the head. */
 static void
-aligned_middle (const struct nbdsnap_origin *o, uint32_t count,
-                uint64_t offset, uint64_t *mid, uint32_t *mid_count)
+aligned_middle (const struct nbdsnap_origin *o, uint32_t count, uint64_t offset,
+                uint64_t *mid, uint32_t *mid_count)
 {
   const uint64_t mask = o->block_size - 1;
   uint64_t start = (offset + mask) & ~mask;
@@ -353,8 +353,7 @@ nbdsnap_origin_zero (struct nbdsnap_origin *o, uint32_t count, uint64_t offset,
   }
   /* The middle first, so that a refused fast zero has written nothing;
    * then the head [offset, mid) and the tail [mid + mid_count, end). */
-  if ((mid_count > 0
-       && zero_aligned (o, mid_count, mid, may_trim, fast) == -1)
+  if ((mid_count > 0 && zero_aligned (o, mid_count, mid, may_trim, fast) == -1)
       || write_zeros (o, mid - offset, offset) == -1
       || write_zeros (o, end - (mid + mid_count), mid + mid_count) == -1)
     return -1;
