@@ -212,12 +212,16 @@ nbdsnap_get_size (void *handle)
   return origin.size;
 }
 
+/* Minimum 1: any byte range works, a block device's unaligned zero and
+ * trim edges included (src/origin.c).  Preferred: at least the device's
+ * logical block size, below which the kernel reads, modifies and writes
+ * back a whole block. */
 static int
 nbdsnap_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
                     uint32_t *maximum)
 {
   *minimum = 1;
-  *preferred = 4096;
+  *preferred = origin.block_size > 4096 ? origin.block_size : 4096;
   *maximum = 0xffffffff;
   return 0;
 }

@@ -19,7 +19,24 @@
  *   emulates there) counts as fast.  A "fast" zero that would have to fall
  *   back to a slow method fails with ENOTSUP and changes nothing.
  *
+ * - Alignment: the plugin advertises a minimum block size of 1, but the
+ *   kernel refuses (EINVAL) a fallocate on a block device that is not
+ *   aligned to its logical block size (block_size, from BLKSSZGET; 512 or
+ *   4096 usually).  So a zero is split into the aligned middle (the whole
+ *   blocks inside it) and an unaligned head and tail, each shorter than
+ *   one block; a range that holds no whole block is all head.  The middle
+ *   gets the methods above, the head and tail are written as zeros
+ *   (buffered pwrite, which needs no alignment: the fd is not O_DIRECT).
+ *   The middle goes first, so that a refused fast zero has written
+ *   nothing.  A fast zero counts as fast when its middle is done fast: the
+ *   edges add at most two partial blocks of writes, a cost of the order of
+ *   the request itself.  A fast zero with no whole block would be nothing
+ *   but writes of zeros, so it fails with ENOTSUP.  On a regular file
+ *   block_size is 1: no head, no tail.
+ *
  * - Trim is advisory: punch a hole, or do nothing if the kernel cannot.
+ *   On a block device only the aligned middle is punched; the edges are
+ *   left as they are.
  *
  * - FUA is native: the write, then fdatasync before returning.
  *
@@ -102,7 +119,7 @@ int
 nbdsnap_origin_open (struct nbdsnap_origin *o, const char *path, bool readonly)
 {
   struct stat st;
-  int flags;
+  int flags, ssz;
 
   memset (o, 0, sizeof *o);
   o->fd = -1;
@@ -150,9 +167,21 @@ nbdsnap_origin_open (struct nbdsnap_origin *o, const char *path, bool readonly)
       nbdsnap_error ("%s: ioctl BLKGETSIZE64: %m", path);
       goto err;
     }
+    if (ioctl (o->fd, BLKSSZGET, &ssz) == -1) {
+      nbdsnap_error ("%s: ioctl BLKSSZGET: %m", path);
+      goto err;
+    }
+    if (ssz <= 0 || (ssz & (ssz - 1)) != 0) {
+      errno = EINVAL;
+      nbdsnap_error ("%s: logical block size %d is not a power of two", path,
+                     ssz);
+      goto err;
+    }
+    o->block_size = ssz;
     o->dev = st.st_rdev;
   } else {
     o->size = st.st_size;
+    o->block_size = 1;
     o->dev = st.st_dev;
   }
   o->ino = st.st_ino;
@@ -165,9 +194,10 @@ nbdsnap_origin_open (struct nbdsnap_origin *o, const char *path, bool readonly)
   o->can_punch_hole = true;
   o->can_zero_range = true;
   if (nbdsnap_debug_engine)
-    nbdsnap_debug ("origin %s: %s, %" PRIu64 " bytes, %s", path,
-                   o->is_blockdev ? "block device" : "regular file", o->size,
-                   readonly ? "read-only" : "read-write");
+    nbdsnap_debug (
+        "origin %s: %s, %" PRIu64 " bytes, blocks of %" PRIu32 ", %s", path,
+        o->is_blockdev ? "block device" : "regular file", o->size,
+        o->block_size, readonly ? "read-only" : "read-write");
   return 0;
 
 err:
@@ -252,17 +282,33 @@ write_zeros (struct nbdsnap_origin *o, uint32_t count, uint64_t offset)
   return 0;
 }
 
-int
-nbdsnap_origin_zero (struct nbdsnap_origin *o, uint32_t count, uint64_t offset,
-                     bool may_trim, bool fua, bool fast)
+/* The aligned middle [*mid, *mid + *mid_count) of [offset, offset + count):
+ * whole blocks of o->block_size.  If there is none, *mid_count is 0 and
+ * *mid is the end of the range, so that the whole range is the head. */
+static void
+aligned_middle (const struct nbdsnap_origin *o, uint32_t count, uint64_t offset,
+                uint64_t *mid, uint32_t *mid_count)
+{
+  const uint64_t mask = o->block_size - 1;
+  uint64_t start = (offset + mask) & ~mask;
+  uint64_t end = (offset + count) & ~mask;
+
+  if (start < end) {
+    *mid = start;
+    *mid_count = end - start;
+  } else {
+    *mid = offset + count;
+    *mid_count = 0;
+  }
+}
+
+/* Zero an aligned range with the fastest method allowed (see the notes).
+ * Fast and only slow methods left: ENOTSUP, nothing written. */
+static int
+zero_aligned (struct nbdsnap_origin *o, uint32_t count, uint64_t offset,
+              bool may_trim, bool fast)
 {
   int r = 0;
-
-  if (check_writable (o, "zero") == -1
-      || check_range (o, "zero", count, offset) == -1)
-    return -1;
-  if (count == 0)
-    return 0;
 
   if (may_trim)
     r = try_fallocate (o, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -281,9 +327,36 @@ nbdsnap_origin_zero (struct nbdsnap_origin *o, uint32_t count, uint64_t offset,
       errno = ENOTSUP;
       return -1;
     }
-    if (write_zeros (o, count, offset) == -1)
-      return -1;
+    return write_zeros (o, count, offset);
   }
+  return 0;
+}
+
+int
+nbdsnap_origin_zero (struct nbdsnap_origin *o, uint32_t count, uint64_t offset,
+                     bool may_trim, bool fua, bool fast)
+{
+  uint64_t mid, end = offset + count;
+  uint32_t mid_count;
+
+  if (check_writable (o, "zero") == -1
+      || check_range (o, "zero", count, offset) == -1)
+    return -1;
+  if (count == 0)
+    return 0;
+
+  aligned_middle (o, count, offset, &mid, &mid_count);
+  if (mid_count == 0 && fast) {
+    /* No whole block: nothing but writes of zeros, not fast. */
+    errno = ENOTSUP;
+    return -1;
+  }
+  /* The middle first, so that a refused fast zero has written nothing;
+   * then the head [offset, mid) and the tail [mid + mid_count, end). */
+  if ((mid_count > 0 && zero_aligned (o, mid_count, mid, may_trim, fast) == -1)
+      || write_zeros (o, mid - offset, offset) == -1
+      || write_zeros (o, end - (mid + mid_count), mid + mid_count) == -1)
+    return -1;
   return fua ? sync_data (o) : 0;
 }
 
@@ -291,12 +364,17 @@ int
 nbdsnap_origin_trim (struct nbdsnap_origin *o, uint32_t count, uint64_t offset,
                      bool fua)
 {
+  uint64_t mid;
+  uint32_t mid_count;
+
   if (check_writable (o, "trim") == -1
       || check_range (o, "trim", count, offset) == -1)
     return -1;
-  if (count > 0
+  /* Advisory: the partial blocks at the edges are left alone. */
+  aligned_middle (o, count, offset, &mid, &mid_count);
+  if (mid_count > 0
       && try_fallocate (o, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                        &o->can_punch_hole, "punch hole", count, offset)
+                        &o->can_punch_hole, "punch hole", mid_count, mid)
              == -1)
     return -1;
   return fua ? sync_data (o) : 0;

@@ -20,6 +20,9 @@ struct nbdsnap_origin {
   uint64_t size;                /* bytes; > 0 */
   bool is_blockdev;
   bool readonly;
+  /* The unit fallocate needs: the logical block size (BLKSSZGET) of a
+   * block device, 1 for a regular file.  A power of two. */
+  uint32_t block_size;
   uint64_t dev, ino;            /* st_dev/st_ino (st_rdev for a device) */
   /* Cleared (atomically) when the kernel answers EOPNOTSUPP. */
   bool can_punch_hole;
@@ -38,11 +41,14 @@ extern int nbdsnap_origin_pread (struct nbdsnap_origin *o, void *buf,
                                  uint32_t count, uint64_t offset);
 extern int nbdsnap_origin_pwrite (struct nbdsnap_origin *o, const void *buf,
                                   uint32_t count, uint64_t offset, bool fua);
-/* Zero: may_trim allows punching holes; fast: fail with ENOTSUP at once
- * if zeroing would be no faster than writing zeros. */
+/* Zero every byte of the range, whatever its alignment: may_trim allows
+ * punching holes; fast: fail with ENOTSUP at once, changing nothing, if
+ * zeroing would be no faster than writing zeros. */
 extern int nbdsnap_origin_zero (struct nbdsnap_origin *o, uint32_t count,
                                 uint64_t offset, bool may_trim, bool fua,
                                 bool fast);
+/* Advisory: may do nothing, and on a block device does nothing to the
+ * parts of the range outside whole logical blocks. */
 extern int nbdsnap_origin_trim (struct nbdsnap_origin *o, uint32_t count,
                                 uint64_t offset, bool fua);
 extern int nbdsnap_origin_flush (struct nbdsnap_origin *o);

@@ -155,6 +155,7 @@ START_TEST (test_open_ok)
   ck_assert_int_eq (nbdsnap_origin_open (&o, path, false), 0);
   ck_assert_uint_eq (o.size, MiB + 123);
   ck_assert (!o.is_blockdev);
+  ck_assert_uint_eq (o.block_size, 1);
   ck_assert (!o.readonly);
   ck_assert_uint_eq (o.dev, st.st_dev);
   ck_assert_uint_eq (o.ino, st.st_ino);
