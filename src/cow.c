@@ -34,11 +34,30 @@
  * it, else from the origin; a non-candidate chunk reads as zeros.
  *
  * Durability (power mode): the store data is synced, then the copied bit
- * is set and the bitmap synced, and only then is the origin written; each
- * sync is a group commit (gcommit.h) shared by concurrent writers.  In
- * process mode nothing is synced on this path (a FUA write still syncs
- * what it copied).  Ordering in memory is what kill -9 needs: the bit is
- * set after the store pwrite returned, the origin written after the bit.
+ * is written (pwrite of its word, bitmap.h) and the bitmap synced, and
+ * only then is the origin written; each sync is a group commit
+ * (gcommit.h) shared by concurrent writers.  In process mode nothing is
+ * synced on this path (a FUA write still syncs what it copied).  Ordering
+ * in the page cache is what kill -9 needs: the bit's word is written after
+ * the store pwrite returned, the origin after the bit.
+ *
+ * Invalid means durably invalid.  A snapshot that cannot take a copy
+ * (max-store, ENOSPC, EIO) is marked invalid in its bitmap header, in
+ * place and synced, before the origin write goes on; if even that fails,
+ * the origin write fails with EIO (the chunk keeps its old bytes, so the
+ * snapshot stays right whatever happens next), and so does every later
+ * write that would change a chunk the snapshot needs, until the mark is
+ * on disk.  Otherwise a restart would find it live and serve new bytes.
+ *
+ * Reads against invalidation.  A read of chunk c from the origin holds c's
+ * stripe shared and checks the snapshot's state under it: the writer that
+ * could not copy c marked the snapshot invalid while holding the stripe
+ * exclusive, and overwrites the origin only after releasing it.
+ *
+ * A failed sync (flush, FUA) of a snapshot's store or bitmap leaves its
+ * recent copies unsure: it turns invalid, and so does every older
+ * snapshot that reads some chunk through it (cow_depends); the flush then
+ * goes on, and fails only if those marks cannot be written.
  */
 #include <config.h>
 

@@ -9,20 +9,32 @@
  * instant and is never freed under a reader.
  *
  * Create: flush the origin (once before draining, once after); create the
- * bitmap (sparse) and fill the candidate bits from SEEK_DATA/SEEK_HOLE on
- * the origin (cost follows the number of data extents, not the image
- * size); create the sparse store;
- * fsync both; then write the meta file (atomic rename + directory fsync):
- * the snapshot exists from that moment.
+ * bitmap (header state "creating") and fill the candidate bits from
+ * SEEK_DATA/SEEK_HOLE on the origin (cost follows the number of data
+ * extents, not the image size); create the sparse store; sync both; then
+ * write the meta file (atomic rename + directory fsync): the snapshot
+ * exists from that moment.  Outside the exclusive section the header
+ * becomes "live".  Create is refused (EMFILE) when one more snapshot would
+ * eat into the file descriptors kept for clients (fd_reserve): every
+ * snapshot keeps two open.
  *
  * Delete: move into the next older snapshot the chunks it reads through
- * this one (cow_move_chunks, synced), rewrite the meta file as "deleting",
- * remove the files.
+ * this one (cow_move_chunks, synced), write "deleting" into the bitmap
+ * header in place (no free space needed: deleting is how users free
+ * space), remove the files, bitmap last.
  *
- * Open (recovery): bitmap/store files without a meta file are a create
- * that did not finish and are removed; a "deleting" snapshot is finished;
- * temporary snapshots belonged to an admin connection of a process that is
- * gone and are deleted; every other snapshot is loaded as it was.
+ * Open (recovery and checks): every id with any file is looked at (see
+ * snap.h for what the header state says).  Files of an unfinished create
+ * or delete are removed.  Anything else is kept, because older snapshots
+ * may read through it, and checked: a missing or damaged meta file (name
+ * unknown: it becomes lost-ID), a bitmap that cannot be read or belongs
+ * to another id, a store that cannot be opened or is not the image's size
+ * make it invalid, with a message saying what was wrong; a damaged bitmap
+ * or store makes invalid the older snapshots that may read through it
+ * too; a name used twice keeps the older snapshot's, the newer becomes
+ * lost-ID.  Damage never stops the open.  Temporary snapshots belonged to
+ * an admin connection of a process that is gone and are deleted; every
+ * other snapshot is loaded as it was.
  */
 #include <config.h>
 

@@ -24,9 +24,12 @@
  *       chunk lock stripe  (src/engine.c, rwlock per stripe of chunks:
  *                           held exclusive while a chunk is being copied,
  *                           shared while a snapshot reads it from the origin)
- *         snap->meta_lock  (src/snap.c, mutex: state and counters in the
- *                           metadata file)
+ *         snap->meta_lock  (src/snap.h, mutex: rewrites of the meta file
+ *                           and of the bitmap header's state)
  *         group commit     (src/gcommit.c, mutex + condvar per sync target)
+ *           bitmap word lock (src/bitmap.h, mutex per word stripe of one
+ *                           bitmap file: compute, pwrite, store of one
+ *                           word of bits; held by bitmap_set only)
  *
  * No lock is taken while holding a lock below it in this list.
  */
@@ -53,7 +56,8 @@ enum nbdsnap_durability {
 enum nbdsnap_state {
   NBDSNAP_STATE_LIVE = 0,
   NBDSNAP_STATE_DELETING = 1,       /* being deleted: hidden, never read */
-  NBDSNAP_STATE_INVALID = 2,        /* lost a chunk: reads fail with EIO */
+  NBDSNAP_STATE_INVALID = 2,        /* lost a chunk, or found damaged at
+                                       open: reads fail with EIO */
 };
 
 struct nbdsnap_engine;
@@ -97,10 +101,13 @@ struct nbdsnap_snap_info {
   uint64_t sync_ns;                 /* time spent syncing since open */
 };
 
-/* Open or create the state directory, take its lock, check its header
- * against the image and load every snapshot (finishing half-done creates
- * and deletes).  Errors: "state directory in use" (EBUSY), a header
- * mismatch saying what differs (EINVAL), I/O errors.
+/* Open or create the state directory, take its lock and the image's,
+ * check its header against the image and load every snapshot (finishing
+ * half-done creates and deletes; damaged snapshots are kept, invalid,
+ * with a message saying what is wrong).  Errors: "state directory in use"
+ * or "image in use" (EBUSY), a header mismatch saying what differs
+ * (EINVAL), more snapshots than the open file limit allows (EMFILE), I/O
+ * errors.
  */
 extern struct nbdsnap_engine *
 nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg);
@@ -130,7 +137,9 @@ extern int nbdsnap_engine_flush (struct nbdsnap_engine *e);
 extern bool nbdsnap_name_ok (const char *name);
 extern int nbdsnap_name_valid (const char *name);
 
-/* Snapshots.  Pointers stay valid until the snapshot is deleted. */
+/* Snapshots.  Pointers stay valid until the snapshot is deleted.
+ * nbdsnap_snap_create fails with EEXIST (name taken), EMFILE (the open
+ * file limit, see fd_reserve), or an I/O error. */
 extern struct nbdsnap_snap *nbdsnap_snap_create (struct nbdsnap_engine *e,
                                                  const char *name,
                                                  bool temporary);
