@@ -56,7 +56,8 @@ def reader(name, want, rng, go, stop, stats):
     size = len(want)
     first = True
     while not stop.is_set():
-        n = rng.randint(1, 64) * CHUNK - (rng.randrange(2) * rng.randrange(1, 4096))
+        n = rng.randint(1, 64) * CHUNK
+        n -= rng.randrange(2) * rng.randrange(1, 4096)
         off = rng.randrange(0, size - n + 1)
         if rng.randrange(2):
             off &= ~(CHUNK - 1)
@@ -92,7 +93,7 @@ def reader(name, want, rng, go, stop, stats):
 def writer(rng, pattern, nwrites):
     h = nbd.NBD()
     h.connect_uri(uri(""))
-    nchunks = len(want) // CHUNK
+    nchunks = h.get_size() // CHUNK
     for _ in range(nwrites):
         c = rng.randrange(nchunks)
         h.pwrite(pattern, c * CHUNK)
