@@ -106,7 +106,7 @@ else
   st=$(state_of s1)
   [ "$st" = invalid ] || problem "(a): s1, its store truncated, is '$st'"
   check_eio s1 "(a) its store truncated"
-  grep -E -i 's1|snap-0*1\.' "$nbdkit_log" |
+  grep -E -i '\bs1\b|snap-0*1\.' "$nbdkit_log" |
     grep -E -i -q 'truncat|size|short|small' ||
     problem "(a): the log does not say that s1's store was truncated"
   for s in s2 s3; do check "$s" "(a) s1's store truncated"; done
