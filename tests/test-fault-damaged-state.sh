@@ -10,8 +10,12 @@
 #     create - the older snapshot still reads its instant, also after more
 #     writes and after the damaged one (listed as invalid) is deleted.
 # (c) a second meta file carries the name of an existing snapshot (a copy
-#     of s1's files under a new id): the server starts, never lists two
-#     live snapshots of one name, and s1 still reads its instant.
+#     of s1's files under another id): the server starts and never lists
+#     two live snapshots of one name.  With the copy at an id older than
+#     every snapshot (nothing reads through it), s1 and s2 still read
+#     their instants; with the copy at the newest id (older snapshots
+#     might read through it, and its bitmap is not its own), s1 and s2 may
+#     be made invalid, but a read never returns wrong bytes.
 # Each case fails the test, but all three are run and reported.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
@@ -43,6 +47,28 @@ check ()
     cmp "$tmpdir/got.img" "$tmpdir/at-$1.img" || :
     problem "$1 is not its instant ($2)"
   fi
+}
+
+# check_no_lie NAME WHEN: every chunk read of NAME returns its instant's
+# bytes or fails with EIO.
+check_no_lie ()
+{
+  timeout 60 "$PYTHON" - "nbd+unix:///$1?socket=$sock" "$tmpdir/at-$1.img" \
+    <<'PY' || problem "$1: a read returned wrong bytes ($2)"
+import errno, nbd, sys
+want = open(sys.argv[2], "rb").read()
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+for off in range(0, len(want), 65536):
+    try:
+        got = h.pread(65536, off)
+    except nbd.Error as e:
+        if e.errnum != errno.EIO:
+            sys.exit("read at %d: %s, not EIO" % (off, e))
+        continue
+    if got != want[off:off + 65536]:
+        sys.exit("wrong bytes at %d" % off)
+PY
 }
 
 # check_eio NAME WHEN: every chunk read of NAME fails with EIO.
@@ -78,12 +104,17 @@ for s in json.load(sys.stdin)["snapshots"]:
 state_of () { listing | awk -v n="$1" '$1 == n { print $2 }'; }
 
 # Three snapshots; chunks of s1 copied into s1 and (later) into s2, of s2
-# into s2 and s3.
+# into s2 and s3.  Ids 1, 2, 3; or, with `setup 1', 2, 3, 4 (a snapshot
+# with id 1 was created and deleted first).
 setup ()
 {
   rm -rf "$state"
   head -c "$size" /dev/urandom > "$img"
   start_nbdkit "${args[@]}"
+  if [ "${1:-0}" -eq 1 ]; then
+    ctl create x >/dev/null
+    ctl delete x >/dev/null
+  fi
   cp "$img" "$tmpdir/at-s1.img"
   ctl create s1 >/dev/null
   write 0x11 0 256k                   # chunks 0-3 into s1
@@ -138,23 +169,58 @@ else
 fi
 
 # ---- (c) two meta files of one name ----
-setup
-for ext in bitmap store; do
-  cp --sparse=always "$state/snap-000001.$ext" "$state/snap-000004.$ext"
-done
-sed 's/^id 1$/id 4/' "$state/snap-000001.meta" > "$state/snap-000004.meta"
-grep -q '^id 4$' "$state/snap-000004.meta" ||
-  echo "$0: warning: no 'id 1' line in snap-000001.meta to change"
+# dup_s1 FROM TO: s1's files (id FROM) copied to id TO, the meta's id
+# changed (a checksum in it, if any, then no longer matches).
+dup_s1 ()
+{
+  local from to ext
+  from=$(printf %06d "$1")
+  to=$(printf %06d "$2")
+  for ext in bitmap store; do
+    cp --sparse=always "$state/snap-$from.$ext" "$state/snap-$to.$ext"
+  done
+  sed "s/^id $1\$/id $2/" "$state/snap-$from.meta" > "$state/snap-$to.meta"
+  grep -q "^id $2\$" "$state/snap-$to.meta" ||
+    echo "$0: warning: no 'id $1' line in snap-$from.meta to change"
+}
+
+# two_live WHEN: a problem if two live snapshots are named s1.
+two_live ()
+{
+  local n
+  n=$(listing | awk '$1 == "s1" && $2 == "live"' | wc -l)
+  [ "$n" -le 1 ] || problem "$1: $n live snapshots named s1 are listed"
+}
+
+# (c1) the copy is the oldest (id 1; s1 is id 2).
+setup 1
+dup_s1 2 1
 if ! start_nbdkit "${args[@]}"; then
-  problem "(c): nbdkit does not start with two meta files named s1"
+  problem "(c1): nbdkit does not start with two meta files named s1"
 else
   listing
-  n=$(listing | awk '$1 == "s1" && $2 == "live"' | wc -l)
-  [ "$n" -le 1 ] || problem "(c): $n live snapshots named s1 are listed"
-  check s1 "(c) with a second meta file named s1"
-  check s2 "(c) with a second meta file named s1"
+  two_live "(c1) a copy of s1 as the oldest"
+  check s1 "(c1) a copy of s1 as the oldest"
+  check s2 "(c1) a copy of s1 as the oldest"
   write 0x15 0 1M
-  check s1 "(c) after writes"
+  check s1 "(c1) after writes"
+  check s2 "(c1) after writes"
+  stop_nbdkit
+fi
+
+# (c2) the copy is the newest (id 4).
+setup
+dup_s1 1 4
+if ! start_nbdkit "${args[@]}"; then
+  problem "(c2): nbdkit does not start with two meta files named s1"
+else
+  listing
+  two_live "(c2) a copy of s1 as the newest"
+  check_no_lie s1 "(c2) a copy of s1 as the newest"
+  check_no_lie s2 "(c2) a copy of s1 as the newest"
+  write 0x16 0 1M
+  check_no_lie s1 "(c2) after writes"
+  check_no_lie s2 "(c2) after writes"
   stop_nbdkit
 fi
 
