@@ -98,6 +98,9 @@ else
 fi
 
 # ---- Hard limit 1024: a clear refusal before clients are locked out. ----
+# Another image: an image has one state directory.
+img="$tmpdir/disk2.img"
+head -c $(( 1024 * 1024 )) /dev/urandom > "$img"
 args=("$img" statedir="$tmpdir/state-b" admin="$tmpdir/admin.sock"
       chunk-size=64K durability=process)
 nbdkit_wrapper=(prlimit --nofile=1024:1024)
