@@ -26,7 +26,7 @@ rounds=${ROUNDS:-30}
 echo "seed $seed, $rounds rounds"
 
 timeout 300 "$PYTHON" - "$sock" "$img" "$nbdsnapctl" "$tmpdir/admin.sock" \
-  "$seed" "$rounds" <<'PY'
+  "$seed" "$rounds" <<'PY' ||
 import errno, json, random, subprocess, sys, threading, time
 import nbd
 
@@ -154,3 +154,4 @@ if total["invalidated"] < rounds:
 if failures or total["wrong"] > 0:
     sys.exit(1)
 PY
+  fail "an invalidated snapshot returned wrong bytes (seed $seed)"
