@@ -25,7 +25,18 @@
 #include <nbdkit-plugin.h>
 
 #include "nbdsnap/admin.h"
+#include "nbdsnap/err.h"
 #include "registry.h"
+
+/* Why an engine call failed, for the admin client: the engine's own
+ * message (which says what to do), else strerror.  The caller cleared it
+ * with nbdsnap_clear_error () before the call. */
+static const char *
+cause (int err)
+{
+  const char *m = nbdsnap_last_error ();
+  return m[0] ? m : strerror (err);
+}
 
 static void
 rfc3339 (const struct timespec *ts, char *buf, size_t n)
@@ -148,11 +159,12 @@ op_create (uint64_t conn, const char *name, bool temporary)
     pthread_mutex_unlock (&registry_lock);
     return limit_error ();
   }
+  nbdsnap_clear_error ();
   s = nbdsnap_snap_create (registry_engine, name, temporary);
   if (s == NULL) {
     int err = errno;
     pthread_mutex_unlock (&registry_lock);
-    return proto_error_errno (err, "create %s: %s", name, strerror (err));
+    return proto_error_errno (err, "create %s: %s", name, cause (err));
   }
   en = registry_add (s);
   if (en && temporary)
@@ -172,6 +184,7 @@ op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode)
   unsigned revoked = 0;
   bool deferred = false;
 
+  nbdsnap_clear_error ();
   pthread_mutex_lock (&registry_lock);
   /* --force also finds a snapshot hidden by an earlier --defer: it is how
    * to get rid of one whose last client does not go away. */
@@ -209,7 +222,7 @@ op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode)
     case PROTO_DELETE_DEFER:
       if (nbdsnap_snap_mark_temporary (registry_engine, en->snap) == -1) {
         r = proto_error_errno (errno, "delete %s: %s", name,
-                               strerror (errno));
+                               cause (errno));
         goto out;
       }
       en->hidden = true;
@@ -226,7 +239,7 @@ op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode)
         int err = errno;
         __atomic_store_n (&en->revoked, false, __ATOMIC_RELEASE);
         pthread_rwlock_unlock (&en->gate);
-        r = proto_error_errno (err, "delete %s: %s", name, strerror (err));
+        r = proto_error_errno (err, "delete %s: %s", name, cause (err));
         goto out;
       }
       /* The entry stays, empty, until its last handle closes. */
@@ -237,7 +250,7 @@ op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode)
   else {
   delete_now:
     if (registry_delete_entry (en) == -1) {
-      r = proto_error_errno (errno, "delete %s: %s", name, strerror (errno));
+      r = proto_error_errno (errno, "delete %s: %s", name, cause (errno));
       goto out;
     }
   }

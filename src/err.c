@@ -30,6 +30,21 @@ default_debug (const char *fmt, va_list args)
 }
 
 static nbdsnap_vlog_fn error_fn = default_error;
+
+/* Per thread: the last error message (see nbdsnap_last_error). */
+static __thread char last_error[512];
+
+const char *
+nbdsnap_last_error (void)
+{
+  return last_error;
+}
+
+void
+nbdsnap_clear_error (void)
+{
+  last_error[0] = '\0';
+}
 static nbdsnap_vlog_fn debug_fn = default_debug;
 
 void
@@ -45,6 +60,9 @@ nbdsnap_error (const char *fmt, ...)
   int saved = errno;
   va_list args;
 
+  va_start (args, fmt);
+  vsnprintf (last_error, sizeof last_error, fmt, args);   /* %m: errno */
+  va_end (args);
   va_start (args, fmt);
   errno = saved;
   error_fn (fmt, args);

@@ -23,6 +23,12 @@ extern void nbdsnap_error (const char *fmt, ...)
 extern void nbdsnap_debug (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));
 
+/* The last message nbdsnap_error () reported in the calling thread ("" if
+ * none since nbdsnap_clear_error ()): for a caller that answers a client
+ * and wants to give the cause, not only strerror (errno). */
+extern const char *nbdsnap_last_error (void);
+extern void nbdsnap_clear_error (void);
+
 /* Set by the plugin from -D nbdsnap.engine=1 (the tests set it directly). */
 extern int nbdsnap_debug_engine;
 
