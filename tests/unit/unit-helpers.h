@@ -1,6 +1,7 @@
 /* nbdsnap: small helpers shared by the engine's Check suites
  * (check_bitmap, check_gcommit, check_statedir, check_engine, check_model,
- * check_stress, check_crash).  Header only: every function is static.
+ * check_stress, check_crash, check_faults).  Header only: every function
+ * is static.
  *
  * - a temporary directory per test, removed at teardown, inside one
  *   directory per run under $TMPDIR, removed by main () at the end (a
