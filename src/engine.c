@@ -221,6 +221,14 @@ check_fd_budget (struct nbdsnap_engine *e, uint64_t nsnaps)
   return -1;
 }
 
+/* lost-DIGITS: what open names a snapshot whose name it could not read. */
+static bool
+name_reserved (const char *name)
+{
+  return strncmp (name, "lost-", 5) == 0 && name[5] != '\0'
+         && strspn (name + 5, "0123456789") == strlen (name + 5);
+}
+
 static struct nbdsnap_snap *
 find_name (struct nbdsnap_engine *e, const char *name)
 {
@@ -242,6 +250,12 @@ nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
 
   if (nbdsnap_name_valid (name) == -1)
     return NULL;
+  if (name_reserved (name)) {
+    errno = EINVAL;
+    nbdsnap_error ("snapshot name %s is reserved: lost-ID names the "
+                   "snapshots whose metadata was lost", name);
+    return NULL;
+  }
 
   /* Flush once before draining writes, so that the flush under the lock
    * (which stalls the origin) has little left to do. */
@@ -334,8 +348,12 @@ delete_locked (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
 
   if (s->older && cow_move_chunks (e, s, s->older) == -1)
     return -1;
-  /* In place in the bitmap header: works on a full file system. */
-  if (snap_set_state (s, NBDSNAP_STATE_DELETING) == -1) {
+  /* In place in the bitmap header: works on a full file system.  A
+   * snapshot whose bitmap could not be read at open has no header to
+   * write: its files go at once (meta first; whatever a crash leaves is
+   * found damaged again, and it is invalid already, and so is every
+   * older one). */
+  if (s->bm.fd >= 0 && snap_set_state (s, NBDSNAP_STATE_DELETING) == -1) {
     /* Not deleted: it stays as it was, readable if it was (the header
      * still says so: the write failed). */
     __atomic_store_n (&s->state, old_state, __ATOMIC_RELEASE);
@@ -645,7 +663,10 @@ load_all (struct nbdsnap_engine *e)
 
   if (scan_ids (e, &ids, &n, &nmeta) == -1)
     return -1;
-  if (check_fd_budget (e, nmeta) == -1) {
+  /* Every id counts: a snapshot kept without its meta file holds its
+   * descriptors too. */
+  (void) nmeta;
+  if (check_fd_budget (e, n) == -1) {
     free (ids);
     return -1;
   }

@@ -57,7 +57,8 @@
  *                        succeeds, twice, and every snapshot is what it
  *                        should be
  *   delete_damaged       a snapshot whose bitmap could not be read at open
- *                        (invalid, listed) can be deleted
+ *                        (invalid, listed) can be deleted; lost-DIGITS
+ *                        names are reserved
  *   fd_budget            (forked child, low RLIMIT_NOFILE) create refuses
  *                        with EMFILE and a message naming RLIMIT_NOFILE,
  *                        leaves nothing behind, the others read right; an
@@ -1288,10 +1289,11 @@ START_TEST (test_recovery_all)
     eclose ();
   }
   eopen ();
-  /* Everything invalid can be deleted but the one whose bitmap is
-   * unknown (see delete_damaged); g and h stay right. */
-  for (i = 0; i < 5; ++i) {
-    static const char *inv[] = { "a", "lost-2", "lost-3", "lost-4", "e" };
+  /* Everything invalid can be deleted, the one whose bitmap is unknown
+   * too (see delete_damaged); g and h stay right. */
+  for (i = 0; i < 6; ++i) {
+    static const char *inv[] = { "a", "lost-2", "lost-3", "lost-4", "e",
+                                 "f" };
     s = lookup (inv[i]);
     ck_assert_ptr_nonnull (s);
     ck_assert_msg (nbdsnap_snap_delete (e, s) == 0, "delete %s: %s",
@@ -1324,13 +1326,20 @@ START_TEST (test_delete_damaged)
   r = nbdsnap_snap_delete (e, c);
   ck_assert_msg (r == 0, "ENGINE BUG: a snapshot whose bitmap could not "
                  "be read at open cannot be deleted: %s", last_error);
+  /* lost-ID names are the engine's: a user cannot take one, so a lost
+   * snapshot never collides with a healthy one. */
+  errno = 0;
+  ck_assert_ptr_null (nbdsnap_snap_create (e, "lost-9", false));
+  ck_assert_int_eq (errno, EINVAL);
+  ck_assert_ptr_nonnull (strstr (last_error, "reserved"));
+  ck_assert_ptr_nonnull (nbdsnap_snap_create (e, "lost-9a", false));
   ck_assert_ptr_null (lookup ("c"));
   ck_assert (!file_exists (snapfile (3, "bitmap")));
   ck_assert (!file_exists (snapfile (3, "store")));
   ck_assert (!file_exists (snapfile (3, "meta")));
   check_live (lookup ("d"), w[3]);
   ereopen ();
-  ck_assert_int_eq (count_snaps (), 3);
+  ck_assert_int_eq (count_snaps (), 4);         /* a, b, d, lost-9a */
   check_live (lookup ("d"), w[3]);
   for (i = 0; i < 4; ++i)
     free (w[i]);
