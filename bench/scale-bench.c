@@ -4,15 +4,17 @@
  *
  * Notes on the design
  *
- *   scale-bench DIR NSNAPS SIZE_GIB WRITES
+ *   scale-bench create DIR NSNAPS SIZE_GIB WRITES
+ *   scale-bench open DIR
  *
  * In DIR: a sparse image of SIZE_GIB GiB (ftruncate) with WRITES scattered
  * 4 KiB data writes before the first snapshot (so each snapshot has
  * candidate chunks), then NSNAPS snapshots, each followed by WRITES / 4
  * scattered 4 KiB origin writes (copy-on-write into the newest), in
- * durability=process (syncs are not what is measured).  Then the engine
- * is closed and, in a child process (so that nothing of the first run is
- * resident), opened again: the child reports the time of the open, its
+ * durability=process (syncs are not what is measured); it reports the
+ * time and its resident memory at the end.  "open", a new process (so
+ * that nothing of the first run is resident), opens the engine again and
+ * reports the time of the open, its
  * resident memory before and after the open (VmRSS from /proc/self/status,
  * so it counts every page the open touched: bitmap pages read or faulted,
  * the page tables of the snapshots) and the time of nbdsnap_snap_changes
@@ -30,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -103,6 +104,38 @@ open_engine (struct nbdsnap_origin *o, const char *img, const char *sd)
   return e;
 }
 
+static int
+do_open (const char *dir)
+{
+  char img[512], sd[512];
+  struct nbdsnap_origin o;
+  struct nbdsnap_engine *e;
+  struct nbdsnap_snap *s;
+  long before = rss_kib (), after;
+  uint64_t n = 0;
+  double t0, t_open, t_changes;
+
+  snprintf (img, sizeof img, "%s/disk.img", dir);
+  snprintf (sd, sizeof sd, "%s/state", dir);
+  t0 = now ();
+  e = open_engine (&o, img, sd);
+  t_open = now () - t0;
+  after = rss_kib ();
+  s = nbdsnap_snap_lookup (e, "s0");
+  if (s == NULL)
+    return 1;
+  t0 = now ();
+  if (nbdsnap_snap_changes (e, s, count_extent, &n) == -1)
+    return 1;
+  t_changes = now () - t0;
+  printf ("open: %.3f s, resident memory +%ld MiB (%ld -> %ld KiB)\n"
+          "changes of the oldest: %.3f s, %" PRIu64 " extents\n",
+          t_open, (after - before) / 1024, before, after, t_changes, n);
+  nbdsnap_engine_close (e);
+  nbdsnap_origin_close (&o);
+  return 0;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -111,13 +144,16 @@ main (int argc, char **argv)
   struct nbdsnap_engine *e;
   uint64_t size, i, w, nsnaps, writes;
   double t0;
-  int fd, status;
-  pid_t pid;
+  int fd;
 
-  if (argc != 5) {
-    fprintf (stderr, "usage: scale-bench DIR NSNAPS SIZE_GIB WRITES\n");
+  if (argc == 3 && strcmp (argv[1], "open") == 0)
+    return do_open (argv[2]);
+  if (argc != 6 || strcmp (argv[1], "create") != 0) {
+    fprintf (stderr, "usage: scale-bench create DIR NSNAPS SIZE_GIB WRITES\n"
+                     "       scale-bench open DIR\n");
     return 2;
   }
+  argv++;
   nsnaps = strtoull (argv[2], NULL, 10);
   size = strtoull (argv[3], NULL, 10) << 30;
   writes = strtoull (argv[4], NULL, 10);
@@ -146,43 +182,9 @@ main (int argc, char **argv)
         exit (1);
   }
   printf ("create: %" PRIu64 " snapshots of a %" PRIu64 " GiB image in "
-          "%.2f s\n", nsnaps, size >> 30, now () - t0);
+          "%.2f s, resident memory %ld MiB\n", nsnaps, size >> 30,
+          now () - t0, rss_kib () / 1024);
   nbdsnap_engine_close (e);
   nbdsnap_origin_close (&o);
-  fflush (stdout);
-
-  pid = fork ();
-  if (pid == -1)
-    die ("fork");
-  if (pid == 0) {
-    struct nbdsnap_snap *s;
-    long before = rss_kib (), after;
-    uint64_t n = 0;
-    double t_open, t_changes;
-
-    t0 = now ();
-    e = open_engine (&o, img, sd);
-    t_open = now () - t0;
-    after = rss_kib ();
-    s = nbdsnap_snap_lookup (e, "s0");
-    if (s == NULL)
-      exit (1);
-    t0 = now ();
-    if (nbdsnap_snap_changes (e, s, count_extent, &n) == -1)
-      exit (1);
-    t_changes = now () - t0;
-    printf ("open: %.3f s, resident memory +%ld MiB (%ld -> %ld KiB)\n"
-            "changes of the oldest: %.3f s, %" PRIu64 " extents\n",
-            t_open, (after - before) / 1024, before, after, t_changes, n);
-    nbdsnap_engine_close (e);
-    nbdsnap_origin_close (&o);
-    fflush (stdout);
-    _exit (0);
-  }
-  if (waitpid (pid, &status, 0) != pid || !WIFEXITED (status)
-      || WEXITSTATUS (status) != 0) {
-    fprintf (stderr, "scale-bench: the reopen failed\n");
-    return 1;
-  }
   return 0;
 }

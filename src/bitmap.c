@@ -30,6 +30,48 @@ struct bitmap_header {
   uint64_t checksum;            /* FNV-1a over the fields above */
 };
 
+/* A page of a shareable array (candidate bits): a reference count in
+ * front of the bits; the arrays point at bits. */
+struct shared_page {
+  uint64_t refs;                /* atomic */
+  uint64_t pad;
+  uint64_t bits[BITMAP_PAGE_WORDS];
+};
+
+static struct shared_page *
+shared_of (const uint64_t *bits)
+{
+  return (struct shared_page *) ((char *) bits
+                                 - offsetof (struct shared_page, bits));
+}
+
+/* A zeroed page for array a. */
+static uint64_t *
+page_alloc (const struct bitmap_array *a)
+{
+  struct shared_page *sp;
+
+  if (!a->shared)
+    return calloc (1, BITMAP_PAGE);
+  sp = calloc (1, sizeof *sp);
+  if (sp == NULL)
+    return NULL;
+  sp->refs = 1;
+  return sp->bits;
+}
+
+static void
+page_free (const struct bitmap_array *a, uint64_t *p)
+{
+  if (p == NULL || p == bitmap_ones)
+    return;
+  if (!a->shared)
+    free (p);
+  else if (__atomic_sub_fetch (&shared_of (p)->refs, 1, __ATOMIC_ACQ_REL)
+           == 0)
+    free (shared_of (p));
+}
+
 const uint64_t bitmap_ones[BITMAP_PAGE_WORDS] = {
   [0 ... BITMAP_PAGE_WORDS - 1] = UINT64_MAX
 };
@@ -67,8 +109,7 @@ free_array (struct bitmap_array *a)
   if (a->pages == NULL)
     return;
   for (i = 0; i < a->npages; ++i)
-    if (a->pages[i] != NULL && a->pages[i] != bitmap_ones)
-      free (a->pages[i]);
+    page_free (a, a->pages[i]);
   free (a->pages);
   a->pages = NULL;
 }
@@ -84,6 +125,7 @@ init (struct bitmap_file *b, uint64_t nchunks)
   b->nwords = abytes / 8;
   b->candidate.npages = b->copied.npages = abytes / BITMAP_PAGE;
   b->candidate.file_off = BITMAP_HDR;
+  b->candidate.shared = true;
   b->copied.file_off = BITMAP_HDR + abytes;
   b->candidate.pages = calloc (b->candidate.npages, sizeof (uint64_t *));
   b->copied.pages = calloc (b->copied.npages, sizeof (uint64_t *));
@@ -218,9 +260,9 @@ keep_page (struct bitmap_array *a, uint64_t pg, const uint64_t *buf)
     a->pages[pg] = (uint64_t *) bitmap_ones;
     return 0;
   }
-  p = malloc (BITMAP_PAGE);
+  p = page_alloc (a);
   if (p == NULL) {
-    nbdsnap_error ("bitmap: malloc: %m");
+    nbdsnap_error ("bitmap: calloc: %m");
     return -1;
   }
   memcpy (p, buf, BITMAP_PAGE);
@@ -228,17 +270,19 @@ keep_page (struct bitmap_array *a, uint64_t pg, const uint64_t *buf)
   return 0;
 }
 
-/* Read the pages of one array that the file has data in. */
+/* Read the pages of one array that the file has data in, up to
+ * LOAD_PAGES at a time. */
+#define LOAD_PAGES 16
 static int
 load_array (struct bitmap_file *b, struct bitmap_array *a, const char *name)
 {
   uint64_t end = a->file_off + a->npages * BITMAP_PAGE;
-  uint64_t pos = a->file_off, pg, last;
+  uint64_t pos = a->file_off, pg, last, n, k;
   uint64_t *buf;
   off_t data, hole;
   int r = -1;
 
-  buf = malloc (BITMAP_PAGE);
+  buf = malloc (LOAD_PAGES * BITMAP_PAGE);
   if (buf == NULL) {
     nbdsnap_error ("bitmap: malloc: %m");
     return -1;
@@ -264,14 +308,17 @@ load_array (struct bitmap_file *b, struct bitmap_array *a, const char *name)
     if ((uint64_t) hole > end)
       hole = end;
     last = ((uint64_t) hole - a->file_off + BITMAP_PAGE - 1) / BITMAP_PAGE;
-    for (pg = ((uint64_t) data - a->file_off) / BITMAP_PAGE; pg < last; ++pg) {
-      if (io_pread_full (b->fd, buf, BITMAP_PAGE,
+    for (pg = ((uint64_t) data - a->file_off) / BITMAP_PAGE; pg < last;
+         pg += n) {
+      n = last - pg < LOAD_PAGES ? last - pg : LOAD_PAGES;
+      if (io_pread_full (b->fd, buf, n * BITMAP_PAGE,
                          a->file_off + pg * BITMAP_PAGE) == -1) {
         nbdsnap_error ("bitmap %s: read: %m", name);
         goto out;
       }
-      if (keep_page (a, pg, buf) == -1)
-        goto out;
+      for (k = 0; k < n; ++k)
+        if (keep_page (a, pg + k, buf + k * BITMAP_PAGE_WORDS) == -1)
+          goto out;
     }
     pos = a->file_off + last * BITMAP_PAGE;
   }
@@ -380,13 +427,13 @@ page_for (struct bitmap_array *a, uint64_t w)
 
   if (p != NULL)
     return p;
-  p = calloc (1, BITMAP_PAGE);
+  p = page_alloc (a);
   if (p == NULL)
     return NULL;
   expect = NULL;
   if (!__atomic_compare_exchange_n (&a->pages[pg], &expect, p, false,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-    free (p);                   /* another setter installed one */
+    page_free (a, p);           /* another setter installed one */
     p = expect;
   }
   return p;
@@ -407,6 +454,11 @@ bitmap_or_word (struct bitmap_file *b, struct bitmap_array *a, uint64_t w,
   p = page_for (a, w);
   if (p == NULL)
     return -1;
+  if (a->shared && __atomic_load_n (&shared_of (p)->refs, __ATOMIC_ACQUIRE)
+                   > 1) {
+    errno = EPERM;              /* other snapshots' bits: see bitmap_share */
+    return -1;
+  }
   /* (A page of ones has every bit: the test above returned.)  Every change
    * of word w happens under its lock, so v is its newest value. */
   pthread_mutex_lock (lock);
@@ -436,8 +488,7 @@ bitmap_set_range (struct bitmap_array *a, uint64_t first, uint64_t n)
 
     if (i == pg << BITMAP_PAGE_SHIFT && end >= pg_end) {
       /* The whole page. */
-      if (a->pages[pg] != NULL && a->pages[pg] != bitmap_ones)
-        free (a->pages[pg]);
+      page_free (a, a->pages[pg]);
       a->pages[pg] = (uint64_t *) bitmap_ones;
       i = pg_end;
       continue;
@@ -492,6 +543,28 @@ bitmap_count (const struct bitmap_array *bits,
     for (w = 0; w < BITMAP_PAGE_WORDS; ++w)
       n += __builtin_popcountll (__atomic_load_n (&p[w], __ATOMIC_RELAXED)
                                  & __atomic_load_n (&m[w], __ATOMIC_RELAXED));
+  }
+  return n;
+}
+
+uint64_t
+bitmap_share (struct bitmap_file *b, const struct bitmap_file *prev)
+{
+  struct bitmap_array *a = &b->candidate;
+  const struct bitmap_array *pa = &prev->candidate;
+  uint64_t pg, n = 0;
+
+  if (pa->npages != a->npages)
+    return 0;
+  for (pg = 0; pg < a->npages; ++pg) {
+    uint64_t *p = a->pages[pg], *q = pa->pages[pg];
+    if (p == NULL || p == bitmap_ones || q == NULL || q == bitmap_ones
+        || p == q || memcmp (p, q, BITMAP_PAGE) != 0)
+      continue;
+    __atomic_add_fetch (&shared_of (q)->refs, 1, __ATOMIC_ACQ_REL);
+    page_free (a, p);
+    a->pages[pg] = q;
+    ++n;
   }
   return n;
 }

@@ -42,6 +42,12 @@
  * used (copied, or partly candidate), not the image size; an I/O error is
  * an error return, never a signal.
  *
+ * Candidate bits never change once a snapshot is published, and those of
+ * consecutive snapshots are mostly the same (the origin's allocation
+ * changes only where it is written): bitmap_share makes a snapshot's
+ * candidate pages that equal the previous snapshot's point at the same,
+ * reference-counted page.  Copied pages are never shared.
+ *
  * Bits are tested lock-free (acquire loads of the page pointer and the
  * word).  bitmap_set writes the bit's 8-byte word, new value, to the file
  * first and only then stores it in memory (release), so the page cache
@@ -77,6 +83,9 @@ struct bitmap_array {
   uint64_t **pages;             /* npages entries, see the notes */
   uint64_t npages;
   uint64_t file_off;            /* where the array starts in the file */
+  bool shared;                  /* pages are reference counted and may be
+                                   shared with other files' arrays
+                                   (candidate: see bitmap_share) */
 };
 
 struct bitmap_file {
@@ -160,7 +169,14 @@ extern int bitmap_write_pages (struct bitmap_file *b, struct bitmap_array *a);
 /* Number of bits set in bits & mask (mask may be NULL). */
 extern uint64_t bitmap_count (const struct bitmap_array *bits,
                               const struct bitmap_array *mask);
-/* Bytes of private pages held in memory by the file's two arrays. */
+/* Before b is published: make every private candidate page of b that
+ * holds the same bits as prev's page at that index share prev's page.
+ * Returns the number of pages shared.  Setting a bit in a shared page
+ * fails with EPERM: candidate bits are set only before this. */
+extern uint64_t bitmap_share (struct bitmap_file *b,
+                              const struct bitmap_file *prev);
+/* Bytes of the pages (neither zeros nor ones) held by the file's two
+ * arrays; a page shared with other files counts in each. */
 extern uint64_t bitmap_resident (const struct bitmap_file *b);
 
 #endif /* NBDSNAP_BITMAP_H */

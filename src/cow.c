@@ -575,24 +575,30 @@ nbdsnap_snap_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
     pthread_rwlock_unlock (&e->chain_lock);
     return -1;
   }
-  /* Page by page: a snapshot without a page of copied bits there (most
-   * of them, most of the time) costs one pointer test. */
+  /* Page by page: the copied pages of s and every newer snapshot are ORed
+   * into acc; a snapshot without a page there (most of them, most of the
+   * time) costs one pointer test. */
   for (pg = 0; pg < s->bm.copied.npages && r == 0; ++pg) {
-    const uint64_t *pages[64];
-    size_t np = 0, k;
-    bool slow = false;          /* many pages, or a page of ones: read
-                                   word by word through the chain */
+    uint64_t acc[BITMAP_PAGE_WORDS];
+    bool any = false, all = false;
 
-    for (x = s; x != NULL && !slow; x = x->newer) {
+    for (x = s; x != NULL && !all; x = x->newer) {
       const uint64_t *p = bitmap_page (&x->bm.copied, pg);
       if (p == NULL)
         continue;
-      if (p == bitmap_ones || np == sizeof pages / sizeof pages[0])
-        slow = true;
+      if (p == bitmap_ones)
+        all = true;
+      else if (!any)
+        for (w = 0; w < BITMAP_PAGE_WORDS; ++w)
+          acc[w] = __atomic_load_n (&p[w], __ATOMIC_ACQUIRE);
       else
-        pages[np++] = p;
+        for (w = 0; w < BITMAP_PAGE_WORDS; ++w)
+          acc[w] |= __atomic_load_n (&p[w], __ATOMIC_ACQUIRE);
+      any = true;
     }
-    if (!slow && np == 0) {
+    if (all)
+      memset (acc, 0xff, sizeof acc);
+    else if (!any) {
       if (in_run) {
         in_run = false;
         r = fn (opaque, run_start << e->chunk_shift,
@@ -601,19 +607,11 @@ nbdsnap_snap_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
       }
       continue;
     }
-    for (w = pg * BITMAP_PAGE_WORDS;
-         w < (pg + 1) * BITMAP_PAGE_WORDS && r == 0; ++w) {
-      uint64_t bits = 0;
-      if (slow)
-        for (x = s; x != NULL && bits != UINT64_MAX; x = x->newer)
-          bits |= bitmap_word (&x->bm.copied, w);
-      else
-        for (k = 0; k < np; ++k)
-          bits |= __atomic_load_n (&pages[k][w % BITMAP_PAGE_WORDS],
-                                   __ATOMIC_ACQUIRE);
+    for (w = 0; w < BITMAP_PAGE_WORDS && r == 0; ++w) {
+      uint64_t bits = acc[w], base = (pg * BITMAP_PAGE_WORDS + w) * 64;
       if ((bits == 0 && !in_run) || (bits == UINT64_MAX && in_run))
         continue;
-      for (c = w * 64; c < w * 64 + 64 && c < e->nchunks && r == 0; ++c) {
+      for (c = base; c < base + 64 && c < e->nchunks && r == 0; ++c) {
         bool set = (bits >> (c & 63)) & 1;
         if (set && !in_run) {
           run_start = c;

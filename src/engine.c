@@ -294,6 +294,8 @@ nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
     nbdsnap_error ("create %s: write %s/%s: %m", name, e->sd.path, bmname);
     goto err;
   }
+  if (e->newest)
+    bitmap_share (&s->bm, &e->newest->bm);
   if (bitmap_sync (&s->bm) == -1 || fsync (s->store_fd) == -1) {
     nbdsnap_error ("create %s: sync: %m", name);
     goto err;
@@ -567,6 +569,8 @@ load_snap (struct nbdsnap_engine *e, uint64_t id, struct nbdsnap_snap **out)
   else if (s->bm.state != BITMAP_STATE_LIVE)
     snap_state_durable (s);     /* creating (the meta file exists) or a
                                    version 1 header: now live */
+  if (e->newest && !s->damaged)
+    bitmap_share (&s->bm, &e->newest->bm);      /* the next older one */
   s->chunks_candidate = bitmap_count (&s->bm.candidate, NULL);
   s->chunks_copied = bitmap_count (&s->bm.copied, &s->bm.candidate);
   *out = s;

@@ -7,7 +7,7 @@
  * reference for every (first, n) around word edges and across pages,
  * count with and without a mask, every bit in the file as soon as
  * bitmap_set returns (what kill -9 needs), memory that follows the pages
- * used, and the blank bitmap.
+ * used, the blank bitmap, and candidate pages shared between files.
  */
 #include <config.h>
 
@@ -555,6 +555,46 @@ START_TEST (test_blank)
 }
 END_TEST
 
+/* Candidate pages equal to the previous snapshot's are shared, reference
+ * counted: closing either file leaves the other's bits; a shared page
+ * cannot be written. */
+START_TEST (test_share)
+{
+  struct bitmap_file a, b;
+  const uint64_t n = 4 * 32768;
+
+  ck_assert_int_eq (bitmap_create (&a, dirfd_, "a", n, 1), 0);
+  ck_assert_int_eq (bitmap_create (&b, dirfd_, "b", n, 2), 0);
+  /* Page 0 the same, page 1 different, page 2 only in b, page 3 ones. */
+  ck_assert_int_eq (bitmap_set_range (&a.candidate, 5, 10), 0);
+  ck_assert_int_eq (bitmap_set_range (&b.candidate, 5, 10), 0);
+  ck_assert_int_eq (bitmap_set_range (&a.candidate, 32768 + 1, 1), 0);
+  ck_assert_int_eq (bitmap_set_range (&b.candidate, 32768 + 2, 1), 0);
+  ck_assert_int_eq (bitmap_set_range (&b.candidate, 2 * 32768 + 9, 1), 0);
+  ck_assert_int_eq (bitmap_set_range (&a.candidate, 3 * 32768, 32768), 0);
+  ck_assert_int_eq (bitmap_set_range (&b.candidate, 3 * 32768, 32768), 0);
+  ck_assert_uint_eq (bitmap_share (&b, &a), 1);
+  ck_assert_ptr_eq (bitmap_page (&b.candidate, 0),
+                    bitmap_page (&a.candidate, 0));
+  ck_assert_ptr_ne (bitmap_page (&b.candidate, 1),
+                    bitmap_page (&a.candidate, 1));
+  ck_assert_uint_eq (bitmap_share (&b, &a), 0);        /* idempotent */
+  errno = 0;
+  ck_assert_int_eq (bitmap_set (&a, &a.candidate, 100), -1);
+  ck_assert_int_eq (errno, EPERM);
+  ck_assert (!bitmap_test (&b.candidate, 100));
+  /* Copied pages are never shared. */
+  ck_assert_int_eq (bitmap_set (&a, &a.copied, 3), 0);
+  ck_assert_int_eq (bitmap_set (&b, &b.copied, 3), 0);
+  ck_assert_uint_eq (bitmap_share (&b, &a), 0);
+  bitmap_close (&a);
+  ck_assert_uint_eq (bitmap_count (&b.candidate, NULL), 10 + 1 + 1 + 32768);
+  ck_assert (bitmap_test (&b.candidate, 14));
+  ck_assert (!bitmap_test (&b.candidate, 15));
+  bitmap_close (&b);
+}
+END_TEST
+
 static Suite *
 bitmap_suite (void)
 {
@@ -573,6 +613,7 @@ bitmap_suite (void)
     { "resident", test_resident },
     { "set_fails", test_set_fails },
     { "blank", test_blank },
+    { "share", test_share },
   };
   size_t i;
 
