@@ -23,6 +23,10 @@
  *   registry_enter/registry_leave, the gate that delete --force revokes
  *   (later requests fail with ESHUTDOWN).  Each sets errno and reports
  *   once.  Bytes and requests are counted per connection for "clients".
+ *   Those two are the only callbacks that read the engine snapshot
+ *   (h->snap->snap); everything else a snapshot handle answers comes from
+ *   what .open copied (the description) or from the origin (the size),
+ *   so a forced delete cannot free it underneath.
  *
  * - Messages from src/ go through nbdsnap_set_log_handlers () to
  *   nbdkit_verror / nbdkit_vdebug, installed in .load.
@@ -53,6 +57,10 @@ static struct nbdsnap_origin origin = { .fd = -1 };
 
 /* The snapshot engine; opened in .get_ready, closed in .cleanup. */
 static struct nbdsnap_engine *engine;
+
+/* "origin: PATH", interned once in .get_ready (it lives until .unload),
+ * not once per NBD_OPT_INFO. */
+static const char *origin_description;
 
 /* Per connection. */
 struct handle {
@@ -127,6 +135,9 @@ nbdsnap_get_ready (void)
     .max_store = nbdsnap_cfg.max_store,
   };
 
+  origin_description = nbdkit_printf_intern ("origin: %s", origin.path);
+  if (origin_description == NULL)
+    return -1;
   engine = nbdsnap_engine_open (&ec);
   if (engine == NULL)
     return -1;
@@ -196,14 +207,16 @@ nbdsnap_list_exports (int readonly, int is_tls,
   return registry_list_exports (exports);
 }
 
+/* Never from h->snap->snap: a forced delete may free it at any moment
+ * (see registry.h); the snapshot's description was copied at .open. */
 static const char *
 nbdsnap_export_description (void *handle)
 {
   struct handle *h = handle;
 
   if (h->snap)
-    return registry_describe (h->snap);
-  return nbdkit_printf_intern ("origin: %s", origin.path);
+    return registry_conn_description (h->conn);
+  return origin_description;
 }
 
 static int64_t
