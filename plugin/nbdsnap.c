@@ -2,6 +2,10 @@
  *
  * Notes on the design:
  *
+ * - .config_complete first raises the soft RLIMIT_NOFILE to the hard
+ *   limit (plugin/fdlimit.c): NBD connections, snapshots and admin
+ *   connections all cost descriptors.
+ *
  * - The base image (the origin) is opened once, in .config_complete, so
  *   that a missing, unreadable, empty or wrong kind of file is an error at
  *   start-up; every connection shares that one descriptor (thread model
@@ -47,6 +51,7 @@
 #include "nbdsnap/err.h"
 #include "nbdsnap/origin.h"
 #include "admin.h"
+#include "fdlimit.h"
 #include "params.h"
 #include "registry.h"
 
@@ -112,6 +117,7 @@ nbdsnap_config_complete (void)
 {
   int r;
 
+  fdlimit_raise ();
   if (config_check_file () == -1)
     return -1;
   nbdsnap_set_log_handlers (file_param_verror, nbdkit_vdebug);
