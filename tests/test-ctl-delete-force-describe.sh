@@ -20,6 +20,7 @@
 # NBDSNAP_SEED and NBDSNAP_ROUNDS (default: random, 20) repeat a run.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires "$PYTHON" -c 'import nbd; nbd.NBD().set_full_info(True)'
+requires nbdinfo --version
 
 seed=${NBDSNAP_SEED:-$RANDOM}
 rounds=${NBDSNAP_ROUNDS:-20}
