@@ -17,8 +17,15 @@
 
 #include "admin.h"
 
-/* Most admin connections at once; more are refused with "limit". */
+/* Most admin connections at once, whatever the descriptor limit; the
+ * limit in force, admin.conn_limit (admin_conn_limit ()), is a quarter of
+ * the soft RLIMIT_NOFILE when that is lower.  More are refused with
+ * "limit". */
 #define ADMIN_CONN_MAX 512
+/* Descriptors the admin loop holds besides its connections: the listening
+ * socket, libev's epoll descriptor, ev_async's eventfd (a pipe pair where
+ * there is no eventfd), and one accepted socket being refused. */
+#define ADMIN_FIXED_FDS 5
 /* While more output than this is unread, no more requests are read from
  * that connection (pipelining pauses). */
 #define ADMIN_OUT_SOFT (64u * 1024u)
@@ -44,6 +51,14 @@ struct admin_conn {
 
 struct admin_stats {
   uint64_t accepted, refused, requests, errors, closed_slow;
+  uint64_t accept_errors;           /* accept failures, all bursts */
+};
+
+/* A burst of accept failures (EMFILE and the like): from the first
+ * failure until an accept works again.  Logged once, at its start. */
+struct admin_accept_burst {
+  uint64_t failures;                /* in this burst; 0: no burst */
+  ev_tstamp since;                  /* ev_now at its first failure */
 };
 
 struct admin_state {
@@ -53,8 +68,11 @@ struct admin_state {
   ino_t ino;
   const struct admin_ops *ops;
   struct ev_loop *loop;
-  ev_io accept_w;
-  ev_timer retry_w;                 /* resumes accept after EMFILE */
+  ev_io accept_w;                   /* stopped while accept is paused */
+  ev_timer retry_w;                 /* resumes accept after EMFILE etc. */
+  struct admin_accept_burst burst;
+  unsigned conn_limit;              /* admin_conn_limit (), set by
+                                       admin_bind */
   ev_async stop_w;
   pthread_t thread;
   bool running;

@@ -11,8 +11,19 @@
  *
  * - Admin connections live in plugin/admin-conn.c; this file accepts them,
  *   checks the peer's uid (SO_PEERCRED: the uid running nbdkit, or root)
- *   and refuses the rest with one error line.  When accept runs out of
- *   file descriptors it stops accepting for a second instead of spinning.
+ *   and refuses the rest with one error line, as it refuses connections
+ *   beyond admin_conn_limit () (a quarter of the descriptor limit, at
+ *   most ADMIN_CONN_MAX).
+ *
+ * - accept never spins.  The listening socket is level-triggered: when
+ *   accept fails with EMFILE, ENFILE, ENOBUFS, ENOMEM (or anything but
+ *   EAGAIN, EINTR, ECONNABORTED) the connection stays queued and the
+ *   socket stays readable, so the watcher is stopped and an ev_timer
+ *   starts it again ACCEPT_RETRY_SECONDS later (libev's manual, "special
+ *   problem of accept()ing when you can't").  Clients wait in the listen
+ *   queue meanwhile.  A burst of failures, from the first until an accept
+ *   works again, is logged once (nbdkit_error) and its end once
+ *   (nbdkit_debug); "stats" counts every failure (accept_errors).
  *
  * - The socket is created with umask 0177 and then chmod 0600.  A socket
  *   file left by a dead server is replaced only if connecting to it is
@@ -23,6 +34,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -36,12 +48,13 @@
 #include <nbdkit-plugin.h>
 
 #include "admin-internal.h"
+#include "fdlimit.h"
 
 /* -D nbdsnap.admin=1: log every admin request and connection. */
 NBDKIT_DLL_PUBLIC int nbdsnap_debug_admin;
 
-/* How long accept pauses after EMFILE/ENFILE. */
-#define ACCEPT_RETRY_SECONDS 1.
+/* How long accept pauses after a failure (EMFILE ...). */
+#define ACCEPT_RETRY_SECONDS 0.1
 
 /* The admin loop's state.  Written by the main thread in admin_bind and
  * admin_start before the admin thread exists, and in admin_stop after it
@@ -54,6 +67,20 @@ void
 admin_set_ops (const struct admin_ops *ops)
 {
   admin.ops = ops;
+}
+
+unsigned
+admin_conn_limit (void)
+{
+  unsigned n = fdlimit_soft () / 4;
+
+  return n < 1 ? 1 : n > ADMIN_CONN_MAX ? ADMIN_CONN_MAX : n;
+}
+
+unsigned
+admin_fd_reserve (void)
+{
+  return admin_conn_limit () + ADMIN_FIXED_FDS;
 }
 
 /* bind with a umask that makes the socket 0600 from its first moment. */
@@ -168,7 +195,10 @@ admin_bind (const char *path)
   admin.fd = fd;
   admin.dev = st.st_dev;
   admin.ino = st.st_ino;
-  nbdkit_debug ("admin: listening on %s", path);
+  admin.conn_limit = admin_conn_limit ();
+  nbdkit_debug ("admin: listening on %s, at most %u connections (the "
+                "admin loop reserves %u descriptors of %u)", path,
+                admin.conn_limit, admin_fd_reserve (), fdlimit_soft ());
   return 0;
 
  err_unlink:
@@ -217,9 +247,11 @@ accept_one (int fd)
             "permission denied: this uid may not administer the server");
     return;
   }
-  if (admin.nconns >= ADMIN_CONN_MAX) {
+  if (admin.nconns >= admin.conn_limit) {
     nbdkit_error ("admin: refused connection from pid %d: already %u "
-                  "admin connections", (int) cred.pid, admin.nconns);
+                  "admin connections, the most allowed (a quarter of the "
+                  "descriptor limit, at most %d)", (int) cred.pid,
+                  admin.nconns, ADMIN_CONN_MAX);
     refuse (fd, PROTO_ERR_LIMIT, "too many admin connections");
     return;
   }
@@ -230,6 +262,36 @@ accept_one (int fd)
   admin.stats.accepted++;
 }
 
+/* accept failed with err: stop the watcher, retry from the timer. */
+static void
+accept_pause (struct ev_loop *loop, int err)
+{
+  admin.stats.accept_errors++;
+  if (admin.burst.failures++ == 0) {
+    admin.burst.since = ev_now (loop);
+    errno = err;
+    nbdkit_error ("admin: accept: %m (descriptor limit %u): admin "
+                  "connections wait; retrying every %g s, logged once "
+                  "until accept works again", fdlimit_soft (),
+                  ACCEPT_RETRY_SECONDS);
+  }
+  ev_io_stop (loop, &admin.accept_w);
+  ev_timer_set (&admin.retry_w, ACCEPT_RETRY_SECONDS, 0.);
+  ev_timer_start (loop, &admin.retry_w);
+}
+
+/* accept did not fail (a connection, or none queued): a burst is over. */
+static void
+accept_burst_end (struct ev_loop *loop)
+{
+  if (admin.burst.failures == 0)
+    return;
+  nbdkit_debug ("admin: accept works again after %" PRIu64 " failures in "
+                "%.1f s", admin.burst.failures,
+                ev_now (loop) - admin.burst.since);
+  admin.burst.failures = 0;
+}
+
 static void
 on_accept (struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -237,22 +299,19 @@ on_accept (struct ev_loop *loop, ev_io *w, int revents)
     int fd = accept4 (admin.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
     if (fd >= 0) {
+      accept_burst_end (loop);
       accept_one (fd);
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED)
       continue;
-    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS
-        || errno == ENOMEM) {
-      /* Level-triggered: retrying now would spin.  Pause accepting. */
-      nbdkit_error ("admin: accept: %m (pausing for %g s)",
-                    ACCEPT_RETRY_SECONDS);
-      ev_io_stop (loop, &admin.accept_w);
-      ev_timer_set (&admin.retry_w, ACCEPT_RETRY_SECONDS, 0.);
-      ev_timer_start (loop, &admin.retry_w);
-    }
-    else if (errno != EAGAIN && errno != EWOULDBLOCK)
-      nbdkit_error ("admin: accept: %m");
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      accept_burst_end (loop);
+    else
+      /* EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything unexpected: the
+       * connection stays queued and the socket readable (level-triggered),
+       * so retrying now would spin. */
+      accept_pause (loop, errno);
     return;
   }
 }
@@ -348,8 +407,11 @@ admin_stop (void)
 json_t *
 admin_stats_json (void)
 {
-  return json_pack ("{s:I,s:I,s:I,s:I,s:I,s:I}",
+  return json_pack ("{s:I,s:I,s:I,s:b,s:I,s:I,s:I,s:I,s:I}",
                     "connections", (json_int_t) admin.nconns,
+                    "connection_limit", (json_int_t) admin.conn_limit,
+                    "accept_errors", (json_int_t) admin.stats.accept_errors,
+                    "accept_paused", admin.burst.failures > 0,
                     "accepted", (json_int_t) admin.stats.accepted,
                     "refused", (json_int_t) admin.stats.refused,
                     "requests", (json_int_t) admin.stats.requests,

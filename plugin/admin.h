@@ -108,4 +108,17 @@ extern int admin_start (void);
  * file.  Safe to call if admin_bind or admin_start never ran or failed. */
 extern void admin_stop (void);
 
+/* Descriptors.  The most admin connections at once: a quarter of the soft
+ * RLIMIT_NOFILE, at least 1, at most 512 (16 under a limit of 64, 256
+ * under 1024).  A function of the limit only, which is fixed once
+ * .config_complete has raised it (plugin/fdlimit.h). */
+extern unsigned admin_conn_limit (void);
+
+/* The most descriptors the admin loop holds at once: admin_conn_limit ()
+ * connections plus its fixed ones (listening socket, epoll, ev_async, one
+ * socket being refused).  A descriptor budget for the rest of the process
+ * (snapshots) must leave this many free for the admin loop, or admin
+ * connections wait in the listen queue (accept pauses; see admin.c). */
+extern unsigned admin_fd_reserve (void);
+
 #endif /* NBDSNAP_PLUGIN_ADMIN_H */

@@ -2,6 +2,10 @@
  *
  * Notes on the design:
  *
+ * - .config_complete first raises the soft RLIMIT_NOFILE to the hard
+ *   limit (plugin/fdlimit.c): NBD connections, snapshots and admin
+ *   connections all cost descriptors.
+ *
  * - The base image (the origin) is opened once, in .config_complete, so
  *   that a missing, unreadable, empty or wrong kind of file is an error at
  *   start-up; every connection shares that one descriptor (thread model
@@ -23,6 +27,10 @@
  *   registry_enter/registry_leave, the gate that delete --force revokes
  *   (later requests fail with ESHUTDOWN).  Each sets errno and reports
  *   once.  Bytes and requests are counted per connection for "clients".
+ *   Those two are the only callbacks that read the engine snapshot
+ *   (h->snap->snap); everything else a snapshot handle answers comes from
+ *   what .open copied (the description) or from the origin (the size),
+ *   so a forced delete cannot free it underneath.
  *
  * - Messages from src/ go through nbdsnap_set_log_handlers () to
  *   nbdkit_verror / nbdkit_vdebug, installed in .load.
@@ -43,6 +51,7 @@
 #include "nbdsnap/err.h"
 #include "nbdsnap/origin.h"
 #include "admin.h"
+#include "fdlimit.h"
 #include "params.h"
 #include "registry.h"
 
@@ -53,6 +62,10 @@ static struct nbdsnap_origin origin = { .fd = -1 };
 
 /* The snapshot engine; opened in .get_ready, closed in .cleanup. */
 static struct nbdsnap_engine *engine;
+
+/* "origin: PATH", interned once in .get_ready (it lives until .unload),
+ * not once per NBD_OPT_INFO. */
+static const char *origin_description;
 
 /* Per connection. */
 struct handle {
@@ -104,6 +117,7 @@ nbdsnap_config_complete (void)
 {
   int r;
 
+  fdlimit_raise ();
   if (config_check_file () == -1)
     return -1;
   nbdsnap_set_log_handlers (file_param_verror, nbdkit_vdebug);
@@ -115,6 +129,8 @@ nbdsnap_config_complete (void)
   return config_finish (origin.is_blockdev);
 }
 
+#define NBD_CONN_FDS_RESERVED (3 * 32 + 32)
+
 /* Open the engine and bind the admin socket: errors reach the user. */
 static int
 nbdsnap_get_ready (void)
@@ -125,8 +141,15 @@ nbdsnap_get_ready (void)
     .chunk_size = nbdsnap_cfg.chunk_size,
     .durability = nbdsnap_cfg.durability,
     .max_store = nbdsnap_cfg.max_store,
+    /* What snapshots must leave of the open file limit: the admin loop's
+     * most, and room for NBD_CONN_FDS_RESERVED (nbdkit's connections take
+     * 3 each, and nbdkit and libraries hold a few). */
+    .fd_reserve = admin_fd_reserve () + NBD_CONN_FDS_RESERVED,
   };
 
+  origin_description = nbdkit_printf_intern ("origin: %s", origin.path);
+  if (origin_description == NULL)
+    return -1;
   engine = nbdsnap_engine_open (&ec);
   if (engine == NULL)
     return -1;
@@ -196,14 +219,16 @@ nbdsnap_list_exports (int readonly, int is_tls,
   return registry_list_exports (exports);
 }
 
+/* Never from h->snap->snap: a forced delete may free it at any moment
+ * (see registry.h); the snapshot's description was copied at .open. */
 static const char *
 nbdsnap_export_description (void *handle)
 {
   struct handle *h = handle;
 
   if (h->snap)
-    return registry_describe (h->snap);
-  return nbdkit_printf_intern ("origin: %s", origin.path);
+    return registry_conn_description (h->conn);
+  return origin_description;
 }
 
 static int64_t

@@ -241,6 +241,7 @@ registry_conn_open (const char *name, bool readonly)
     }
     en->clients++;
     c->readonly = true;
+    registry_describe_unlocked (en, c->description, sizeof c->description);
   }
   c->entry = en;
   c->id = next_conn_id++;
@@ -297,36 +298,51 @@ registry_leave (struct snap_entry *en)
   pthread_rwlock_unlock (&en->gate);
 }
 
-const char *
-registry_describe (struct snap_entry *en)
+void
+registry_describe_unlocked (const struct snap_entry *en, char *buf,
+                            size_t n)
 {
   struct nbdsnap_snap_info info;
   struct tm tm;
   char when[32];
 
-  if (en->snap == NULL)
-    return "snapshot (deleted)";
   nbdsnap_snap_info (registry_engine, en->snap, &info);
   gmtime_r (&info.created.tv_sec, &tm);
   strftime (when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return nbdkit_printf_intern ("snapshot %s, taken %s, %s, %" PRIu64
-                               " chunks copied", info.name, when,
-                               info.state == NBDSNAP_STATE_INVALID
-                               ? "invalid" : "live", info.chunks_copied);
+  snprintf (buf, n, "snapshot %s, taken %s, %s, %" PRIu64 " chunks copied",
+            info.name, when,
+            info.state == NBDSNAP_STATE_INVALID ? "invalid" : "live",
+            info.chunks_copied);
+}
+
+const char *
+registry_conn_description (struct conn *c)
+{
+  /* entry->name never changes and the entry outlives c; revoked is set
+   * before the engine snapshot is freed. */
+  if (c->entry != NULL
+      && __atomic_load_n (&c->entry->revoked, __ATOMIC_ACQUIRE))
+    snprintf (c->description, sizeof c->description,
+              "snapshot %s, deleted (delete --force): this handle is "
+              "revoked", c->entry->name);
+  return c->description;
 }
 
 int
 registry_list_exports (struct nbdkit_exports *exports)
 {
   struct snap_entry *en;
+  char desc[REGISTRY_DESCRIPTION_MAX];
   int r = 0;
 
   if (nbdkit_add_export (exports, "", "origin (read/write)") == -1)
     return -1;
   pthread_mutex_lock (&registry_lock);
   for (en = registry_entries; en != NULL && r == 0; en = en->next)
-    if (en->snap != NULL && !en->hidden)
-      r = nbdkit_add_export (exports, en->name, registry_describe (en));
+    if (en->snap != NULL && !en->hidden) {
+      registry_describe_unlocked (en, desc, sizeof desc);
+      r = nbdkit_add_export (exports, en->name, desc);   /* copies both */
+    }
   pthread_mutex_unlock (&registry_lock);
   return r;
 }

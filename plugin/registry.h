@@ -20,13 +20,23 @@
  *          finish), deletes, and the entry lives on, empty, until its
  *          last handle closes.
  *
+ * Who may read entry->snap (the engine snapshot, freed by a delete):
+ * holders of registry_lock, and data callbacks between registry_enter ()
+ * and registry_leave () — a forced delete frees it only with the gate held
+ * exclusive, other deletes only when no handle is open.  Nothing else:
+ * a handle's other callbacks (.export_description in particular) use what
+ * .open copied into its struct conn, so a forced delete cannot free what
+ * they read.
+ *
  * Locks (see the program's lock order in include/nbdsnap/engine.h):
  *   registry_lock  mutex, protects the entry list, every entry's clients,
  *                  holds, hidden, snap pointer and the list of connections
  *                  and admin ownership records.  Taken by .open, .close,
  *                  .list_exports and every admin operation; never by a
- *                  data callback.  Held across engine create/delete (so an
- *                  entry and its engine snapshot change together).
+ *                  data callback nor by .export_description (a snapshot's
+ *                  description is copied into its connection at .open).
+ *                  Held across engine create/delete (so an entry and its
+ *                  engine snapshot change together).
  *   entry->gate    rwlock: data callbacks hold it shared (try-lock) for one
  *                  request; force-delete holds it exclusive, inside
  *                  registry_lock.  Nothing takes registry_lock while
@@ -38,6 +48,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -55,14 +66,24 @@ struct snap_entry {
   struct snap_entry *next;
 };
 
+/* Long enough for any description registry_describe_unlocked writes: a
+ * name of NBDSNAP_NAME_MAX, a date, a state and a 20-digit count. */
+#define REGISTRY_DESCRIPTION_MAX 192
+
 /* One NBD connection (one handle). */
 struct conn {
   uint64_t id;
   char export[NBDSNAP_NAME_MAX + 1];
   char peer[128];
   struct timespec started;
-  struct snap_entry *entry;     /* NULL for the origin */
+  struct snap_entry *entry;     /* NULL for the origin; the entry lives
+                                   at least until this handle closes */
   bool readonly;
+  /* A snapshot's description as of .open (written under registry_lock
+   * there), then read and rewritten only by registry_conn_description on
+   * the connection's own thread: .export_description never reads
+   * entry->snap, which delete --force frees. */
+  char description[REGISTRY_DESCRIPTION_MAX];
   uint64_t bytes_read, bytes_written, reads, writes;   /* atomic */
   struct conn *next;
 };
@@ -94,7 +115,18 @@ extern void registry_leave (struct snap_entry *en);
 /* .list_exports: the origin and every visible snapshot. */
 struct nbdkit_exports;
 extern int registry_list_exports (struct nbdkit_exports *exports);
-extern const char *registry_describe (struct snap_entry *en);
+
+/* .export_description of a snapshot handle: its description as of .open,
+ * or, once the handle is revoked, one saying so.  Takes no lock and
+ * touches only c and c->entry's name and revoked flag, which live until
+ * c closes. */
+extern const char *registry_conn_description (struct conn *c);
+
+/* "snapshot NAME, taken DATE, STATE, N chunks copied" into buf (at most
+ * REGISTRY_DESCRIPTION_MAX bytes are needed).  Called with registry_lock
+ * held, for an entry whose snap is not NULL. */
+extern void registry_describe_unlocked (const struct snap_entry *en,
+                                        char *buf, size_t n);
 
 /* The admin operations (plugin/ops.c). */
 extern const struct admin_ops registry_admin_ops;

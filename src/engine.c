@@ -199,17 +199,17 @@ fill_candidates (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
   return 0;
 }
 
-/* Would nsnaps snapshots fit in the open file limit, with fd_reserve
+/* Would nsnaps snapshots fit in the open file limit, with reserve
  * descriptors left for clients and everything else?  EMFILE and a message
  * saying what to do if not. */
 static int
-check_fd_budget (struct nbdsnap_engine *e, uint64_t nsnaps)
+check_fd_budget (struct nbdsnap_engine *e, uint64_t nsnaps, unsigned reserve)
 {
   struct rlimit rl;
-  uint64_t need = nsnaps * NBDSNAP_FDS_PER_SNAPSHOT + e->fd_reserve;
+  uint64_t need = nsnaps * NBDSNAP_FDS_PER_SNAPSHOT + reserve;
 
-  if (getrlimit (RLIMIT_NOFILE, &rl) == -1 || rl.rlim_cur == RLIM_INFINITY
-      || need <= rl.rlim_cur)
+  if (nsnaps == 0 || getrlimit (RLIMIT_NOFILE, &rl) == -1
+      || rl.rlim_cur == RLIM_INFINITY || need <= rl.rlim_cur)
     return 0;
   errno = EMFILE;
   nbdsnap_error ("too many snapshots for the open file limit: %" PRIu64
@@ -217,7 +217,7 @@ check_fd_budget (struct nbdsnap_engine *e, uint64_t nsnaps)
                  "plus %u kept for clients), RLIMIT_NOFILE is %llu; raise "
                  "it (ulimit -n, or LimitNOFILE= in a systemd unit) or "
                  "delete snapshots", nsnaps, need, NBDSNAP_FDS_PER_SNAPSHOT,
-                 e->fd_reserve, (unsigned long long) rl.rlim_cur);
+                 reserve, (unsigned long long) rl.rlim_cur);
   return -1;
 }
 
@@ -268,7 +268,7 @@ nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
     nbdsnap_error ("snapshot %s already exists", name);
     goto err;
   }
-  if (check_fd_budget (e, e->nsnaps + 1) == -1)
+  if (check_fd_budget (e, e->nsnaps + 1, e->fd_reserve) == -1)
     goto err;
   /* Writes have drained (we hold the chain exclusive): flush them. */
   if (nbdsnap_origin_flush (e->origin) == -1)
@@ -668,12 +668,17 @@ load_all (struct nbdsnap_engine *e)
   if (scan_ids (e, &ids, &n, &nmeta) == -1)
     return -1;
   /* Every id counts: a snapshot kept without its meta file holds its
-   * descriptors too. */
+   * descriptors too.  Refuse only if they cannot all be opened with a
+   * few to spare; if they eat into the clients' reserve, say so (create
+   * refuses then) and go on: deleting them needs a running server. */
   (void) nmeta;
-  if (check_fd_budget (e, n) == -1) {
+  if (check_fd_budget (e, n, NBDSNAP_FD_RESERVE_MIN) == -1) {
     free (ids);
     return -1;
   }
+  if (check_fd_budget (e, n, e->fd_reserve) == -1)
+    nbdsnap_error ("starting all the same: clients may find no file "
+                   "descriptors, and create is refused");
   for (i = 0; i < n; ++i) {
     if (load_snap (e, ids[i], &s) == -1) {
       free (ids);

@@ -76,8 +76,8 @@ struct nbdsnap_engine_config {
                                        0 = none */
   unsigned fd_reserve;              /* file descriptors kept free for
                                        clients and everything else: create
-                                       (and open) refuse snapshots that
-                                       would eat into them (EMFILE);
+                                       refuses snapshots that would eat
+                                       into them (EMFILE), open warns;
                                        0 = NBDSNAP_FD_RESERVE_DEFAULT */
 };
 
@@ -85,6 +85,9 @@ struct nbdsnap_engine_config {
  * bitmap and its store). */
 #define NBDSNAP_FDS_PER_SNAPSHOT 2
 #define NBDSNAP_FD_RESERVE_DEFAULT 64u
+/* Open refuses a state directory whose snapshots would leave fewer than
+ * this; between it and fd_reserve it warns and starts. */
+#define NBDSNAP_FD_RESERVE_MIN 32u
 
 /* What info / list show about one snapshot. */
 struct nbdsnap_snap_info {

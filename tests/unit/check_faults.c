@@ -62,7 +62,8 @@
  *   fd_budget            (forked child, low RLIMIT_NOFILE) create refuses
  *                        with EMFILE and a message naming RLIMIT_NOFILE,
  *                        leaves nothing behind, the others read right; an
- *                        open with a lower limit refuses the same way
+ *                        open with a lower limit starts with a warning
+ *                        (create refuses), with a much lower one refuses
  *   scale_memory         300 snapshots of a 1 TiB sparse image: after open
  *                        the bitmaps hold only the pages with bits; the
  *                        changes of the oldest are exactly the writes
@@ -1401,7 +1402,7 @@ child_close (void)
 static int
 fd_budget_child (void)
 {
-  enum { RESERVE = 16, FIT = 10 };
+  enum { RESERVE = 40, FIT = 10 };     /* RESERVE > NBDSNAP_FD_RESERVE_MIN */
   unsigned char *want[FIT + 1], buf[100];
   char name[16];
   int n, i, err;
@@ -1446,10 +1447,23 @@ fd_budget_child (void)
   }
   child_close ();
 
-  /* An open with a lower limit: the directory holds more snapshots than
-   * fit.  A clear refusal, not a server that runs out of descriptors
-   * later. */
-  CHILD_CHECK (set_nofile (RESERVE + 2 * (FIT - 2)) == 0, "%m");
+  /* An open with a lower limit: the snapshots eat into the reserve.  It
+   * starts (so that they can be deleted), says so, and create refuses. */
+  CHILD_CHECK (set_nofile (NBDSNAP_FD_RESERVE_MIN + 2 * FIT + 2) == 0,
+               "%m");
+  last_error[0] = '\0';
+  CHILD_CHECK (child_open () == 0, "open refused: %s", last_error);
+  CHILD_CHECK (strstr (last_error, "starting all the same") != NULL,
+               "message: %s", last_error);
+  errno = 0;
+  CHILD_CHECK (nbdsnap_snap_create (e, "more", false) == NULL
+               && errno == EMFILE, "create was not refused");
+  child_close ();
+
+  /* Lower still: the snapshots cannot all be opened with a few
+   * descriptors to spare.  A clear refusal, not a server that runs out of
+   * descriptors later. */
+  CHILD_CHECK (set_nofile (NBDSNAP_FD_RESERVE_MIN + 2 * FIT - 2) == 0, "%m");
   last_error[0] = '\0';
   errno = 0;
   CHILD_CHECK (child_open () == -1, "open succeeded");
