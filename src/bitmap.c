@@ -413,7 +413,7 @@ bitmap_set_state (struct bitmap_file *b, uint32_t state)
   if (write_header (b, state) == -1 || fdatasync (b->fd) == -1)
     return -1;
   b->version = BITMAP_VERSION;
-  b->state = state;
+  __atomic_store_n (&b->state, state, __ATOMIC_RELEASE);
   return 0;
 }
 

@@ -94,7 +94,9 @@ struct bitmap_file {
   uint64_t nwords;              /* u64 words per array (page multiple) */
   uint64_t id;                  /* snapshot id in the header */
   uint32_t version;             /* of the header as read or written */
-  uint32_t state;               /* enum bitmap_state, as last read/written */
+  uint32_t state;               /* enum bitmap_state, as last read/written
+                                   (atomic: written by bitmap_set_state,
+                                   read lock-free by snap_state_durable) */
   struct bitmap_array candidate;
   struct bitmap_array copied;
   /* locks[w % BITMAP_LOCKS] serialises "OR bits into word w, pwrite word

@@ -498,7 +498,8 @@ load_snap (struct nbdsnap_engine *e, uint64_t id, struct nbdsnap_snap **out)
     nbdsnap_debug ("removing the leftovers of snapshot id %" PRIu64
                    " (an unfinished %s)", id,
                    hstate == BITMAP_STATE_DELETING ? "delete" : "create");
-    return snap_unlink_files (&e->sd, id) == -1 ? 0 : 0;
+    snap_unlink_files (&e->sd, id);     /* reports; tried again next time */
+    return 0;
   }
 
   s = snap_new ();
@@ -525,7 +526,8 @@ load_snap (struct nbdsnap_engine *e, uint64_t id, struct nbdsnap_snap **out)
       || (peek_err == 0 && hstate == BITMAP_STATE_DELETING)) {
     nbdsnap_debug ("finishing the deletion of snapshot %s", s->name);
     snap_free (s);
-    return snap_unlink_files (&e->sd, id) == -1 ? 0 : 0;
+    snap_unlink_files (&e->sd, id);     /* reports; tried again next time */
+    return 0;
   }
 
   if (bitmap_open (&s->bm, e->sd.dirfd, bmname, e->nchunks) == -1) {

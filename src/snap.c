@@ -190,6 +190,10 @@ snap_state_durable (struct nbdsnap_snap *s)
   uint32_t want;
   bool ok;
 
+  /* The common case, lock-free: recorded already. */
+  if (__atomic_load_n (&s->bm.state, __ATOMIC_ACQUIRE)
+      == bitmap_state_of (snap_state (s)))
+    return true;
   pthread_mutex_lock (&s->meta_lock);
   want = bitmap_state_of (snap_state (s));
   ok = s->bm.state == want
