@@ -11,8 +11,6 @@
  */
 #include <config.h>
 
-#include <stddef.h>
-
 #include "unit-helpers.h"
 
 #include "bitmap.h"
@@ -44,29 +42,8 @@ expected_array_bytes (uint64_t nchunks)
 }
 
 
-/* The header as bitmap.c writes it. */
-struct hdr {
-  char magic[8];
-  uint32_t version, zero;
-  uint64_t nchunks, id;
-  uint32_t state, zero2;
-  uint64_t checksum;
-};
-
-static uint64_t
-fnv (const void *v, size_t n)
-{
-  const unsigned char *p = v;
-  uint64_t x = UINT64_C (0xcbf29ce484222325);
-  size_t i;
-
-  for (i = 0; i < n; ++i)
-    x = (x ^ p[i]) * UINT64_C (0x100000001b3);
-  return x;
-}
-
 static void
-read_hdr (const char *name, struct hdr *h)
+read_hdr (const char *name, struct disk_bitmap_header *h)
 {
   char p[512];
   int fd = open (tpath (p, sizeof p, name), O_RDONLY);
@@ -93,7 +70,7 @@ START_TEST (test_create)
 {
   struct bitmap_file b;
   char p[512];
-  struct hdr h;
+  struct disk_bitmap_header h;
   struct stat st;
   const uint64_t n = 100000;    /* 1563 words: 1 page per array */
 
@@ -120,7 +97,7 @@ START_TEST (test_create)
   ck_assert_uint_eq (h.nchunks, n);
   ck_assert_uint_eq (h.id, 42);
   ck_assert_uint_eq (h.state, BITMAP_STATE_CREATING);
-  ck_assert_uint_eq (h.checksum, fnv (&h, offsetof (struct hdr, checksum)));
+  ck_assert_uint_eq (h.checksum, helpers_fnv1a (&h, offsetof (struct disk_bitmap_header, checksum)));
   bitmap_close (&b);
   ck_assert_int_eq (b.fd, -1);
   bitmap_close (&b);            /* idempotent */
@@ -180,7 +157,7 @@ END_TEST
 START_TEST (test_open_refuses)
 {
   struct bitmap_file b;
-  struct hdr h;
+  struct disk_bitmap_header h;
   char p[512];
   int fd;
   uint32_t v;
@@ -264,7 +241,7 @@ END_TEST
 START_TEST (test_version1)
 {
   struct bitmap_file b;
-  struct hdr h = { .magic = "NBDSNAPB", .version = 1, .nchunks = 1000 };
+  struct disk_bitmap_header h = { .magic = "NBDSNAPB", .version = 1, .nchunks = 1000 };
   char p[512];
   uint64_t word = UINT64_C (1) << 9, id;
   uint32_t state;

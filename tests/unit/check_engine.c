@@ -52,97 +52,22 @@
 #include "nbdsnap/engine.h"
 #include "nbdsnap/origin.h"
 #include "engine-internal.h"        /* white box: sync counters */
+#include "engine-fixture.h"
 
 #define CHUNK (64 * KiB)
 #define NCHUNKS 20
 #define SIZE ((uint64_t) NCHUNKS * CHUNK - 12345)   /* partial last chunk */
 
-static char img[512], sdpath[512];
-static struct nbdsnap_origin o = { .fd = -1 };
-static struct nbdsnap_engine *e;
-static struct nbdsnap_engine_config cfg;
-static uint64_t size;           /* of the current image */
-static unsigned char *model;    /* what the origin holds */
-
 static void
 setup (void)
 {
-  helpers_tmpdir_make ("check_engine");
-  tpath (img, sizeof img, "disk.img");
-  tpath (sdpath, sizeof sdpath, "state");
-  e = NULL;
-  model = NULL;
-  memset (&cfg, 0, sizeof cfg);
+  fixture_setup ("check_engine");
 }
 
 static void
 teardown (void)
 {
-  nbdsnap_engine_close (e);
-  e = NULL;
-  if (o.fd >= 0)
-    nbdsnap_origin_close (&o);
-  o.fd = -1;
-  free (model);
-  helpers_tmpdir_remove ();
-}
-
-/* Open origin + engine on the existing image. */
-static void
-eopen (void)
-{
-  ck_assert_int_eq (nbdsnap_origin_open (&o, img, false), 0);
-  cfg.origin = &o;
-  cfg.statedir = sdpath;
-  e = nbdsnap_engine_open (&cfg);
-  ck_assert_msg (e != NULL, "engine open: %s", last_error);
-  size = nbdsnap_engine_size (e);
-}
-
-static void
-eclose (void)
-{
-  nbdsnap_engine_close (e);
-  e = NULL;
-  nbdsnap_origin_close (&o);
-  o.fd = -1;
-}
-
-static void
-ereopen (void)
-{
-  eclose ();
-  eopen ();
-}
-
-/* A new image of sz bytes: pattern seed (0 = sparse), engine opened with
- * durability mode dur and chunk size chunk. */
-static void
-start (uint64_t sz, uint64_t seed, int dur, uint32_t chunk)
-{
-  make_image (img, sz, seed);
-  cfg.durability = dur;
-  cfg.chunk_size = chunk;
-  eopen ();
-  model = slurp (img, sz);
-}
-
-static void
-write_model (const void *buf, uint32_t n, uint64_t off)
-{
-  ck_assert_msg (nbdsnap_engine_pwrite (e, buf, n, off, false) == 0,
-                 "pwrite %u at %" PRIu64 ": %s", n, off, last_error);
-  memcpy (model + off, buf, n);
-}
-
-/* Write pattern seed over [off, off+n). */
-static void
-wpat (uint64_t seed, uint32_t n, uint64_t off)
-{
-  unsigned char *buf = malloc (n);
-  pattern_fill (buf, n, seed, off);
-  write_model (buf, n, off);
-  free (buf);
+  fixture_teardown ();
 }
 
 /* The whole snapshot equals want. */
@@ -162,25 +87,6 @@ check_snap_ (struct nbdsnap_snap *s, const unsigned char *want, int line)
   free (got);
 }
 #define check_snap(s, want) check_snap_ ((s), (want), __LINE__)
-
-/* The origin file equals the model. */
-static void
-check_origin_ (int line)
-{
-  unsigned char *got = slurp (img, size);
-  ssize_t d = first_diff (got, model, size);
-  ck_assert_msg (d == -1, "line %d: origin differs at byte %zd", line, d);
-  free (got);
-}
-#define check_origin() check_origin_ (__LINE__)
-
-static unsigned char *
-dup_model (void)
-{
-  unsigned char *p = malloc (size);
-  memcpy (p, model, size);
-  return p;
-}
 
 static struct nbdsnap_snap_info
 info_of (struct nbdsnap_snap *s)
@@ -1656,7 +1562,7 @@ static Suite *
 engine_suite (void)
 {
   Suite *s = suite_create ("engine");
-  struct { const char *name; const TTest *t; int loops; } tcs[] = {
+  const struct helpers_tcase tcs[] = {
     { "basic", test_basic, 2 },
     { "zero_trim", test_zero_trim, 2 },
     { "holes", test_holes, 2 },
@@ -1685,15 +1591,9 @@ engine_suite (void)
     { "chunk_sizes", test_chunk_sizes, 3 },
     { "create_during_writes", test_create_during_writes, 1 },
   };
-  size_t i;
 
-  for (i = 0; i < sizeof tcs / sizeof tcs[0]; ++i) {
-    TCase *tc = tcase_create (tcs[i].name);
-    tcase_add_checked_fixture (tc, setup, teardown);
-    tcase_set_timeout (tc, 120);
-    tcase_add_loop_test (tc, tcs[i].t, 0, tcs[i].loops);
-    suite_add_tcase (s, tc);
-  }
+  helpers_add_tcases (s, tcs, sizeof tcs / sizeof tcs[0], setup, teardown,
+                      120);
   return s;
 }
 

@@ -84,17 +84,11 @@
 #include "nbdsnap/engine.h"
 #include "nbdsnap/origin.h"
 #include "engine-internal.h"        /* white box: descriptors, limits */
+#include "engine-fixture.h"
 
 #define CHUNK (64 * KiB)
 #define NCHUNKS 20
 #define SIZE ((uint64_t) NCHUNKS * CHUNK - 12345)   /* partial last chunk */
-
-static char img[512], sdpath[512];
-static struct nbdsnap_origin o = { .fd = -1 };
-static struct nbdsnap_engine *e;
-static struct nbdsnap_engine_config cfg;
-static uint64_t size;           /* of the current image */
-static unsigned char *model;    /* what the origin holds */
 
 /* Every engine message of a test, not only the last one (open reports
  * one per damaged snapshot); thread-safe for read_race. */
@@ -132,83 +126,17 @@ logged (const char *needle)
 static void
 setup (void)
 {
-  helpers_tmpdir_make ("check_faults");
+  fixture_setup ("check_faults");
   nbdsnap_set_log_handlers (faults_log, NULL);
   msgs_len = 0;
   msgs[0] = '\0';
   quiet_errors = 0;
-  tpath (img, sizeof img, "disk.img");
-  tpath (sdpath, sizeof sdpath, "state");
-  e = NULL;
-  model = NULL;
-  memset (&cfg, 0, sizeof cfg);
 }
 
 static void
 teardown (void)
 {
-  nbdsnap_engine_close (e);
-  e = NULL;
-  if (o.fd >= 0)
-    nbdsnap_origin_close (&o);
-  o.fd = -1;
-  free (model);
-  helpers_tmpdir_remove ();
-}
-
-/* Open origin + engine on the existing image; the open must succeed. */
-static void
-eopen (void)
-{
-  ck_assert_int_eq (nbdsnap_origin_open (&o, img, false), 0);
-  cfg.origin = &o;
-  cfg.statedir = sdpath;
-  e = nbdsnap_engine_open (&cfg);
-  ck_assert_msg (e != NULL, "engine open: %s", last_error);
-  size = nbdsnap_engine_size (e);
-}
-
-static void
-eclose (void)
-{
-  nbdsnap_engine_close (e);
-  e = NULL;
-  nbdsnap_origin_close (&o);
-  o.fd = -1;
-}
-
-static void
-ereopen (void)
-{
-  eclose ();
-  eopen ();
-}
-
-static void
-start (uint64_t sz, uint64_t seed, int dur, uint32_t chunk)
-{
-  make_image (img, sz, seed);
-  cfg.durability = dur;
-  cfg.chunk_size = chunk;
-  eopen ();
-  model = slurp (img, sz);
-}
-
-static void
-write_model (const void *buf, uint32_t n, uint64_t off)
-{
-  ck_assert_msg (nbdsnap_engine_pwrite (e, buf, n, off, false) == 0,
-                 "pwrite %u at %" PRIu64 ": %s", n, off, last_error);
-  memcpy (model + off, buf, n);
-}
-
-static void
-wpat (uint64_t seed, uint32_t n, uint64_t off)
-{
-  unsigned char *buf = malloc (n);
-  pattern_fill (buf, n, seed, off);
-  write_model (buf, n, off);
-  free (buf);
+  fixture_teardown ();
 }
 
 /* -1 if the whole snapshot equals want, -2 if the read failed, else the
@@ -278,24 +206,6 @@ check_live_ (struct nbdsnap_snap *s, const unsigned char *want, int line)
   check_snap_ (s, want, line);
 }
 #define check_live(s, want) check_live_ ((s), (want), __LINE__)
-
-static void
-check_origin_ (int line)
-{
-  unsigned char *got = slurp (img, size);
-  ssize_t d = first_diff (got, model, size);
-  ck_assert_msg (d == -1, "line %d: origin differs at byte %zd", line, d);
-  free (got);
-}
-#define check_origin() check_origin_ (__LINE__)
-
-static unsigned char *
-dup_model (void)
-{
-  unsigned char *p = malloc (size);
-  memcpy (p, model, size);
-  return p;
-}
 
 static struct nbdsnap_snap_info
 info_of (struct nbdsnap_snap *s)
@@ -368,35 +278,12 @@ disk_state (uint64_t id)
 
 /* ---- On-disk formats, written by hand (bitmap.c, snap.c) ------------- */
 
-struct bm_header {              /* struct bitmap_header in bitmap.c */
-  char magic[8];
-  uint32_t version;
-  uint32_t zero;
-  uint64_t nchunks;
-  uint64_t id;
-  uint32_t state;
-  uint32_t zero2;
-  uint64_t checksum;
-};
-
-static uint64_t
-fnv1a (const void *p, size_t n)
-{
-  const unsigned char *c = p;
-  uint64_t x = UINT64_C (0xcbf29ce484222325);
-  size_t i;
-
-  for (i = 0; i < n; ++i)
-    x = (x ^ c[i]) * UINT64_C (0x100000001b3);
-  return x;
-}
-
 /* Rewrite the header of a snapshot's bitmap with this state, a correct
  * checksum. */
 static void
 set_bitmap_state (uint64_t id, uint32_t state)
 {
-  struct bm_header h;
+  struct disk_bitmap_header h;
   int fd = open (snapfile (id, "bitmap"), O_RDWR);
 
   ck_assert_int_ge (fd, 0);
@@ -404,7 +291,7 @@ set_bitmap_state (uint64_t id, uint32_t state)
   ck_assert_int_eq (memcmp (h.magic, "NBDSNAPB", 8), 0);
   ck_assert_uint_eq (h.version, 2);
   h.state = state;
-  h.checksum = fnv1a (&h, offsetof (struct bm_header, checksum));
+  h.checksum = helpers_fnv1a (&h, offsetof (struct disk_bitmap_header, checksum));
   ck_assert_int_eq (pwrite (fd, &h, sizeof h, 0), (ssize_t) sizeof h);
   close (fd);
 }
@@ -415,7 +302,7 @@ corrupt_bitmap_header (uint64_t id)
 {
   int fd = open (snapfile (id, "bitmap"), O_RDWR);
   unsigned char ch;
-  const off_t at = offsetof (struct bm_header, nchunks) + 1;
+  const off_t at = offsetof (struct disk_bitmap_header, nchunks) + 1;
 
   ck_assert_int_ge (fd, 0);
   ck_assert_int_eq (pread (fd, &ch, 1, at), 1);
@@ -440,7 +327,7 @@ write_meta (uint64_t id, const char *name, const char *state)
                 "temporary 0\n"
                 "max-store 0\n", id, name, state);
   snprintf (buf + n, sizeof buf - n, "checksum %016llx\n",
-            (unsigned long long) fnv1a (buf, n));
+            (unsigned long long) helpers_fnv1a (buf, n));
   fd = open (snapfile (id, "meta"), O_WRONLY | O_CREAT | O_TRUNC, 0600);
   ck_assert_int_ge (fd, 0);
   ck_assert_int_eq (write (fd, buf, strlen (buf)), (ssize_t) strlen (buf));
@@ -1731,7 +1618,7 @@ static Suite *
 faults_suite (void)
 {
   Suite *s = suite_create ("faults");
-  struct { const char *name; const TTest *t; int loops; } tcs[] = {
+  const struct helpers_tcase tcs[] = {
     { "invalid_durable", test_invalid_durable, 2 },
     { "invalid_not_durable_fails_write", test_invalid_not_durable, 2 },
     { "delete_no_space", test_delete_no_space, 1 },
@@ -1748,15 +1635,9 @@ faults_suite (void)
     { "scale_memory", test_scale_memory, 1 },
     { "sync_failure_invalidates", test_sync_failure_invalidates, 1 },
   };
-  size_t i;
 
-  for (i = 0; i < sizeof tcs / sizeof tcs[0]; ++i) {
-    TCase *tc = tcase_create (tcs[i].name);
-    tcase_add_checked_fixture (tc, setup, teardown);
-    tcase_set_timeout (tc, 300);
-    tcase_add_loop_test (tc, tcs[i].t, 0, tcs[i].loops);
-    suite_add_tcase (s, tc);
-  }
+  helpers_add_tcases (s, tcs, sizeof tcs / sizeof tcs[0], setup, teardown,
+                      300);
   return s;
 }
 

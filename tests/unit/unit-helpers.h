@@ -21,6 +21,7 @@
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,6 +115,54 @@ helpers_run_suite (Suite *suite, const char *tag)
   srunner_free (sr);
   helpers_run_end ();
   return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* The TCases of a suite, each with the same fixture and timeout;
+ * loops > 1 runs the test with _i from 0 to loops - 1. */
+struct helpers_tcase {
+  const char *name;
+  const TTest *t;
+  int loops;
+};
+
+static inline void
+helpers_add_tcases (Suite *s, const struct helpers_tcase *tcs, size_t n,
+                    void (*setup) (void), void (*teardown) (void),
+                    int timeout)
+{
+  size_t i;
+
+  for (i = 0; i < n; ++i) {
+    TCase *tc = tcase_create (tcs[i].name);
+    tcase_add_checked_fixture (tc, setup, teardown);
+    tcase_set_timeout (tc, timeout);
+    tcase_add_loop_test (tc, tcs[i].t, 0, tcs[i].loops);
+    suite_add_tcase (s, tc);
+  }
+}
+
+/* The bitmap file's header as src/bitmap.c writes it (struct
+ * bitmap_header there), for suites that read it or plant damage by hand;
+ * checksum is helpers_fnv1a of the bytes before it. */
+struct disk_bitmap_header {
+  char magic[8];
+  uint32_t version, zero;
+  uint64_t nchunks, id;
+  uint32_t state, zero2;
+  uint64_t checksum;
+};
+
+/* FNV-1a 64, the checksum of bitmap headers and meta files. */
+static inline uint64_t
+helpers_fnv1a (const void *v, size_t n)
+{
+  const unsigned char *p = v;
+  uint64_t x = UINT64_C (0xcbf29ce484222325);
+  size_t i;
+
+  for (i = 0; i < n; ++i)
+    x = (x ^ p[i]) * UINT64_C (0x100000001b3);
+  return x;
 }
 
 /* tmpdir/name into buf. */
