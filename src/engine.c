@@ -553,8 +553,11 @@ load_snap (struct nbdsnap_engine *e, uint64_t id, struct nbdsnap_snap **out)
     snprintf (why, sizeof why, "its store cannot be opened: %s",
               strerror (errno));
   }
-  else if (fstat (s->store_fd, &st) == -1
-           || (uint64_t) st.st_size != e->size) {
+  else if (fstat (s->store_fd, &st) == -1) {
+    s->damaged = SNAP_DAMAGE_STORE;
+    snprintf (why, sizeof why, "fstat of its store: %s", strerror (errno));
+  }
+  else if ((uint64_t) st.st_size != e->size) {
     s->damaged = SNAP_DAMAGE_STORE;
     snprintf (why, sizeof why, "its store is %" PRIu64 " bytes, not the "
               "image's %" PRIu64 " (truncated?)", (uint64_t) st.st_size,
