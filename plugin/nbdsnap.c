@@ -65,7 +65,9 @@ static struct nbdsnap_engine *engine;
 
 /* "origin: PATH", interned once in .get_ready (it lives until .unload),
  * not once per NBD_OPT_INFO. */
-static const char *origin_description;
+/* The origin's export description, read/write and read-only (nbdkit -r,
+ * a read-only image): its base name only, never a server path. */
+static const char *origin_description_rw, *origin_description_ro;
 
 /* Per connection. */
 struct handle {
@@ -147,9 +149,16 @@ nbdsnap_get_ready (void)
     .fd_reserve = admin_fd_reserve () + NBD_CONN_FDS_RESERVED,
   };
 
-  origin_description = nbdkit_printf_intern ("origin: %s", origin.path);
-  if (origin_description == NULL)
-    return -1;
+  {
+    const char *base = strrchr (origin.path, '/');
+    base = base && base[1] ? base + 1 : origin.path;
+    origin_description_rw =
+      nbdkit_printf_intern ("origin: %s (read/write)", base);
+    origin_description_ro =
+      nbdkit_printf_intern ("origin: %s (read-only)", base);
+    if (origin_description_rw == NULL || origin_description_ro == NULL)
+      return -1;
+  }
   engine = nbdsnap_engine_open (&ec);
   if (engine == NULL)
     return -1;
@@ -216,7 +225,10 @@ static int
 nbdsnap_list_exports (int readonly, int is_tls,
                       struct nbdkit_exports *exports)
 {
-  return registry_list_exports (exports);
+  return registry_list_exports (exports,
+                                 readonly || origin.readonly
+                                 ? origin_description_ro
+                                 : origin_description_rw);
 }
 
 /* Never from h->snap->snap: a forced delete may free it at any moment
@@ -228,7 +240,7 @@ nbdsnap_export_description (void *handle)
 
   if (h->snap)
     return registry_conn_description (h->conn);
-  return origin_description;
+  return h->readonly ? origin_description_ro : origin_description_rw;
 }
 
 static int64_t
@@ -237,17 +249,22 @@ nbdsnap_get_size (void *handle)
   return origin.size;
 }
 
+/* The largest read or write nbdkit serves (its MAX_REQUEST_SIZE, the
+ * same as libnbd's): advertise what is served, not 4 GiB. */
+#define NBDSNAP_MAX_REQUEST (64 * 1024 * 1024)
+
 /* Minimum 1: any byte range works, a block device's unaligned zero and
  * trim edges included (src/origin.c).  Preferred: at least the device's
  * logical block size, below which the kernel reads, modifies and writes
- * back a whole block. */
+ * back a whole block.  Maximum: NBDSNAP_MAX_REQUEST (zero and trim may be
+ * larger, as the NBD protocol allows). */
 static int
 nbdsnap_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
                     uint32_t *maximum)
 {
   *minimum = 1;
   *preferred = origin.block_size > 4096 ? origin.block_size : 4096;
-  *maximum = 0xffffffff;
+  *maximum = NBDSNAP_MAX_REQUEST;
   return 0;
 }
 

@@ -329,13 +329,14 @@ registry_conn_description (struct conn *c)
 }
 
 int
-registry_list_exports (struct nbdkit_exports *exports)
+registry_list_exports (struct nbdkit_exports *exports,
+                       const char *origin_description)
 {
   struct snap_entry *en;
   char desc[REGISTRY_DESCRIPTION_MAX];
   int r = 0;
 
-  if (nbdkit_add_export (exports, "", "origin (read/write)") == -1)
+  if (nbdkit_add_export (exports, "", origin_description) == -1)
     return -1;
   pthread_mutex_lock (&registry_lock);
   for (en = registry_entries; en != NULL && r == 0; en = en->next)

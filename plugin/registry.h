@@ -114,7 +114,9 @@ extern void registry_leave (struct snap_entry *en);
 
 /* .list_exports: the origin and every visible snapshot. */
 struct nbdkit_exports;
-extern int registry_list_exports (struct nbdkit_exports *exports);
+/* "" with origin_description, then every visible snapshot. */
+extern int registry_list_exports (struct nbdkit_exports *exports,
+                                  const char *origin_description);
 
 /* .export_description of a snapshot handle: its description as of .open,
  * or, once the handle is revoked, one saying so.  Takes no lock and
