@@ -18,15 +18,9 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires qemu-io --version
 requires nbdcopy --version
 requires "$PYTHON" -c 'import nbd'
-if [ "$(id -u)" -ne 0 ]; then
-  echo "$0: mounting a tmpfs needs root: skipping this test"
-  exit 77
-fi
 
 mnt="$tmpdir/mnt"
-mkdir "$mnt"
-requires mount -t tmpfs -o size=8m,mode=0700 nbdsnap-test "$mnt"
-cleanup_fn umount -l "$mnt"
+small_fs 8m "$mnt"
 
 img="$tmpdir/disk.img"
 head -c $(( 1024 * 1024 )) /dev/urandom > "$img"
@@ -62,8 +56,7 @@ PY
 start_nbdkit "${args[@]}"
 cp "$img" "$tmpdir/at-s1.img"
 ctl create s1
-dd if=/dev/zero of="$mnt/filler" bs=4k status=none 2>/dev/null || :
-df -k "$mnt"
+fill_fs "$mnt"
 pid=$(cat "$tmpdir/nbdkit.pid")
 
 for w in 'write -P 0x61 2M 64k' 'write -P 0x62 1M 64k'; do
@@ -92,7 +85,7 @@ ctl delete s1
 pid=$(cat "$tmpdir/nbdkit.pid")
 for pages in 0 1 2 3; do
   rm -f "$mnt/filler"
-  dd if=/dev/zero of="$mnt/filler" bs=4k status=none 2>/dev/null || :
+  fill_fs "$mnt"
   truncate -s -$(( pages * 4096 )) "$mnt/filler"
   cp "$img" "$tmpdir/at-c$pages.img"
   status=0

@@ -14,15 +14,9 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
-if [ "$(id -u)" -ne 0 ]; then
-  echo "$0: mounting a tmpfs needs root: skipping this test"
-  exit 77
-fi
 
 mnt="$tmpdir/mnt"
-mkdir "$mnt"
-requires mount -t tmpfs -o size=8m,mode=0700 nbdsnap-test "$mnt"
-cleanup_fn umount -l "$mnt"
+small_fs 8m "$mnt"
 
 img="$tmpdir/disk.img"
 size=$(( 4 * 1024 * 1024 ))
@@ -31,20 +25,6 @@ args=("$img" statedir="$mnt/state" admin="$tmpdir/admin.sock" chunk-size=64K)
 
 state () {
   ctl --json info "$1" | grep -o '"state":"[a-z]*"' | cut -d'"' -f4
-}
-
-# Fill the tmpfs to its last page.
-fill ()
-{
-  dd if=/dev/zero of="$mnt/filler" bs=64k status=none 2>/dev/null || :
-  dd if=/dev/zero of="$mnt/filler" bs=4k oflag=append conv=notrunc \
-     status=none 2>/dev/null || :
-  if head -c 4096 /dev/zero > "$mnt/probe" 2>/dev/null; then
-    rm -f "$mnt/probe"
-    fail "could not fill $mnt"
-  fi
-  rm -f "$mnt/probe"
-  df -k "$mnt"
 }
 
 # check_invalid NAME WHEN: NAME is listed invalid and every read of it
@@ -94,7 +74,7 @@ round ()
   # One chunk copied while there is room (its store and bitmap pages
   # exist), the rest after the filesystem is full.
   timeout 60 qemu-io -f raw -c "write -P $pattern 3M 64k" "$uri" >/dev/null
-  fill
+  fill_fs "$mnt"
   timeout 60 qemu-io -f raw -c "write -P $pattern 0 1M" "$uri" \
     > "$tmpdir/out" 2>&1 ||
     { cat "$tmpdir/out"; fail "$name: an origin write failed on ENOSPC"; }
