@@ -34,33 +34,8 @@ check_invalid ()
 {
   local st
   st=$(state "$1") || fail "$1: info failed ($2)"
-  timeout 60 "$PYTHON" - "nbd+unix:///$1?socket=$sock" \
-    "$tmpdir/at-$1.img" "$img" "$1: $2" <<'PY' || fail "$1: read check ($2)"
-import errno, nbd, sys
-want = open(sys.argv[2], "rb").read()
-now = open(sys.argv[3], "rb").read()
-what = sys.argv[4]
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-lies = right = eio = new = 0
-for off in range(0, len(want), 65536):
-    try:
-        got = h.pread(65536, off)
-    except nbd.Error as e:
-        assert e.errnum == errno.EIO, "%s: read at %d: %s" % (what, off, e)
-        eio += 1
-        continue
-    if got == want[off:off + 65536]:
-        right += 1
-    else:
-        lies += 1
-        new += got == now[off:off + 65536]
-print("%s: %d reads failed with EIO, %d returned the instant's bytes, "
-      "%d returned other bytes (%d of them the origin's bytes now)"
-      % (what, eio, right, lies, new))
-assert lies == 0, "%s: the invalid snapshot returned wrong bytes" % what
-assert right == 0, "%s: the invalid snapshot could still be read" % what
-PY
+  reads_eio --new "$img" "nbd+unix:///$1?socket=$sock" "$tmpdir/at-$1.img" \
+    "$1: $2" || fail "$1: read check ($2)"
   [ "$st" = invalid ] || fail "$1 is '$st', not invalid ($2)"
 }
 
