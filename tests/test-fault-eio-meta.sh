@@ -104,11 +104,7 @@ PY
   ctl list || :
   check "with the fault"
 
-  if [ "$end" = stop ]; then
-    stop_nbdkit
-  else
-    kill9_nbdkit
-  fi
+  "${end}_nbdkit"   # stop_nbdkit or kill9_nbdkit
   fault_ctl clear
   start_nbdkit "${args[@]}"
   ctl list || :

@@ -123,11 +123,7 @@ PY
     check_invalid s1 "with the fault"
     check_s0 "with the fault"
 
-    if [ "$end" = stop ]; then
-      stop_nbdkit
-    else
-      kill9_nbdkit
-    fi
+    "${end}_nbdkit"   # stop_nbdkit or kill9_nbdkit
     fault_ctl clear
     start_nbdkit "${args[@]}"
     check_invalid s1 "after $end and a restart"
