@@ -39,23 +39,8 @@ check_invalid ()
   local got
   got="$(state "$1")" || fail "$round: ctl info $1 failed ($2)"
   [ "$got" = invalid ] || fail "$round: $1 is $got, not invalid ($2)"
-  timeout 60 "$PYTHON" - "nbd+unix:///$1?socket=$sock" "$tmpdir/at-$1.img" \
-    "$round: $1 $2" <<'PY'
-import errno, nbd, sys
-want = open(sys.argv[2], "rb").read()
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-for off in range(0, len(want), 65536):
-    for o, n in ((off, 65536), (off + 1000, 100)):
-        try:
-            got = h.pread(n, o)
-        except nbd.Error as e:
-            assert e.errnum == errno.EIO, "%s: %s" % (sys.argv[3], e)
-            continue
-        what = "its instant" if got == want[o:o + n] else "wrong bytes"
-        raise AssertionError("%s: an invalid snapshot read %s at %d"
-                             % (sys.argv[3], what, o))
-PY
+  reads_eio --also 1000:100 "nbd+unix:///$1?socket=$sock" "$tmpdir/at-$1.img" \
+    "$round: $1 $2"
 }
 
 # check_instant NAME WHEN: NAME reads exactly its instant.
@@ -138,11 +123,7 @@ PY
     check_invalid s1 "with the fault"
     check_s0 "with the fault"
 
-    if [ "$end" = stop ]; then
-      stop_nbdkit
-    else
-      kill9_nbdkit
-    fi
+    "${end}_nbdkit"   # stop_nbdkit or kill9_nbdkit
     fault_ctl clear
     start_nbdkit "${args[@]}"
     check_invalid s1 "after $end and a restart"

@@ -15,15 +15,9 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
-if [ "$(id -u)" -ne 0 ]; then
-  echo "$0: mounting a tmpfs needs root: skipping this test"
-  exit 77
-fi
 
 mnt="$tmpdir/mnt"
-mkdir "$mnt"
-requires mount -t tmpfs -o size=8m,mode=0700 nbdsnap-test "$mnt"
-cleanup_fn umount -l "$mnt"
+small_fs 8m "$mnt"
 
 img="$tmpdir/disk.img"
 size=$(( 4 * 1024 * 1024 ))
@@ -32,16 +26,6 @@ state="$mnt/state"
 args=("$img" statedir="$state" admin="$tmpdir/admin.sock" chunk-size=64K)
 
 avail () { df -B1 --output=avail "$mnt" | tail -n 1 | tr -d ' '; }
-
-# Fill the tmpfs to its last page.
-fill ()
-{
-  dd if=/dev/zero of="$mnt/filler" bs=64k oflag=append conv=notrunc \
-     status=none 2>/dev/null || :
-  dd if=/dev/zero of="$mnt/filler" bs=4k oflag=append conv=notrunc \
-     status=none 2>/dev/null || :
-  [ "$(avail)" -eq 0 ] || fail "could not fill $mnt ($(avail) bytes left)"
-}
 
 check ()
 {
@@ -67,7 +51,7 @@ for i in 1 2 3 4; do
     -c "write -P 0x4$i 768k 256k" "$uri" >/dev/null
 done
 ctl list
-fill
+fill_fs "$mnt"
 
 # The middle one: either outcome, but a clean one.
 status=0
@@ -87,7 +71,7 @@ check s2 "after deleting s3 on a full filesystem"
 check s4 "after deleting s3 on a full filesystem"
 
 # The oldest: must work on a full filesystem, and free its space.
-fill
+fill_fs "$mnt"
 before=$(avail)
 ctl delete s1 || fail "deleting the oldest snapshot failed on a full filesystem"
 [ -z "$(files_of 1)" ] || { ls -l "$state"; fail "the files of s1 are left"; }
@@ -96,7 +80,7 @@ echo "available before deleting s1: $before, after: $after"
 [ "$after" -gt "$before" ] || fail "deleting s1 freed no space"
 deleted+=(s1)
 
-fill
+fill_fs "$mnt"
 ctl delete s2 ||
   fail "deleting the (now) oldest snapshot failed on a full filesystem"
 [ -z "$(files_of 2)" ] || { ls -l "$state"; fail "the files of s2 are left"; }

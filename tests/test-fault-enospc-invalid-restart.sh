@@ -14,15 +14,9 @@ source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires qemu-io --version
 requires "$PYTHON" -c 'import nbd'
-if [ "$(id -u)" -ne 0 ]; then
-  echo "$0: mounting a tmpfs needs root: skipping this test"
-  exit 77
-fi
 
 mnt="$tmpdir/mnt"
-mkdir "$mnt"
-requires mount -t tmpfs -o size=8m,mode=0700 nbdsnap-test "$mnt"
-cleanup_fn umount -l "$mnt"
+small_fs 8m "$mnt"
 
 img="$tmpdir/disk.img"
 size=$(( 4 * 1024 * 1024 ))
@@ -33,20 +27,6 @@ state () {
   ctl --json info "$1" | grep -o '"state":"[a-z]*"' | cut -d'"' -f4
 }
 
-# Fill the tmpfs to its last page.
-fill ()
-{
-  dd if=/dev/zero of="$mnt/filler" bs=64k status=none 2>/dev/null || :
-  dd if=/dev/zero of="$mnt/filler" bs=4k oflag=append conv=notrunc \
-     status=none 2>/dev/null || :
-  if head -c 4096 /dev/zero > "$mnt/probe" 2>/dev/null; then
-    rm -f "$mnt/probe"
-    fail "could not fill $mnt"
-  fi
-  rm -f "$mnt/probe"
-  df -k "$mnt"
-}
-
 # check_invalid NAME WHEN: NAME is listed invalid and every read of it
 # fails with EIO; a read that returns bytes fails the test, saying whose
 # bytes they were.
@@ -54,33 +34,8 @@ check_invalid ()
 {
   local st
   st=$(state "$1") || fail "$1: info failed ($2)"
-  timeout 60 "$PYTHON" - "nbd+unix:///$1?socket=$sock" \
-    "$tmpdir/at-$1.img" "$img" "$1: $2" <<'PY' || fail "$1: read check ($2)"
-import errno, nbd, sys
-want = open(sys.argv[2], "rb").read()
-now = open(sys.argv[3], "rb").read()
-what = sys.argv[4]
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-lies = right = eio = new = 0
-for off in range(0, len(want), 65536):
-    try:
-        got = h.pread(65536, off)
-    except nbd.Error as e:
-        assert e.errnum == errno.EIO, "%s: read at %d: %s" % (what, off, e)
-        eio += 1
-        continue
-    if got == want[off:off + 65536]:
-        right += 1
-    else:
-        lies += 1
-        new += got == now[off:off + 65536]
-print("%s: %d reads failed with EIO, %d returned the instant's bytes, "
-      "%d returned other bytes (%d of them the origin's bytes now)"
-      % (what, eio, right, lies, new))
-assert lies == 0, "%s: the invalid snapshot returned wrong bytes" % what
-assert right == 0, "%s: the invalid snapshot could still be read" % what
-PY
+  reads_eio --new "$img" "nbd+unix:///$1?socket=$sock" "$tmpdir/at-$1.img" \
+    "$1: $2" || fail "$1: read check ($2)"
   [ "$st" = invalid ] || fail "$1 is '$st', not invalid ($2)"
 }
 
@@ -94,7 +49,7 @@ round ()
   # One chunk copied while there is room (its store and bitmap pages
   # exist), the rest after the filesystem is full.
   timeout 60 qemu-io -f raw -c "write -P $pattern 3M 64k" "$uri" >/dev/null
-  fill
+  fill_fs "$mnt"
   timeout 60 qemu-io -f raw -c "write -P $pattern 0 1M" "$uri" \
     > "$tmpdir/out" 2>&1 ||
     { cat "$tmpdir/out"; fail "$name: an origin write failed on ENOSPC"; }
