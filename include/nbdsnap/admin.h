@@ -55,8 +55,9 @@
  *   changes  "name", "size" (image bytes), "chunk_size", "changed_bytes",
  *            "extents": [{"offset", "length"}, ...] merged, in order
  *   stats    server-wide counters (free-form numbers), plus "admin":
- *            {"connections", "accepted", "refused", "requests", "errors",
- *            "closed_slow"} added by the admin loop
+ *            {"connections", "connection_limit", "accepted", "refused",
+ *            "requests", "errors", "closed_slow", "accept_errors",
+ *            "accept_paused"} added by the admin loop
  *
  *   SNAP     {"name", "id", "created" (RFC 3339 UTC), "state" ("live",
  *            "deleting", "invalid"), "temporary", "clients", "holds",
