@@ -10,8 +10,9 @@
 # * refused by the server, each with a non-zero exit: nbdcopy and
 #   qemu-img without TLS; nbdcopy and qemu-img with the rogue client
 #   certificate (their ca-cert.pem holds both CAs, so that they accept
-#   the server and their own certificate: the server refuses them, and
-#   logs the two failed handshakes); nbdcopy with no client certificate;
+#   the server and their own certificate: the server refuses them);
+#   nbdcopy with no client certificate (nbdkit logs these three failed
+#   handshakes);
 # * the server keeps serving: nbdcopy then reads the instant again and the
 #   origin's new bytes, no refused client is left in `nbdsnapctl
 #   clients', and nbdkit exits 0 at the end.
