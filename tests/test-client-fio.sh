@@ -21,6 +21,8 @@
 # Why fio's verify header and not a pattern per block: --buffer_pattern
 # is one pattern for every write, so it cannot tell a torn write from a
 # whole one; the verify header names the block's offset and checksums it.
+# md5 rather than crc32c because Python's hashlib has it (the header's
+# own crc32c is 36 bytes, cheap in pure Python).
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires fio --version
 requires fio --enghelp=nbd
