@@ -41,9 +41,11 @@ start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock" \
              chunk-size=4K
 ctl create s0
 
-# fio's job; --output-format=json to count the I/Os it did.
+# fio's job; --output-format=json to count the I/Os it did;
+# --verify_state_save=0, or fio leaves local-nbdsnap-0-verify.state in
+# the current directory.
 job=(--name=nbdsnap --ioengine=nbd --uri="$uri" --rw=randwrite --bs="$bs"
-     --iodepth=16 --verify=md5 --output-format=json)
+     --iodepth=16 --verify=md5 --verify_state_save=0 --output-format=json)
 
 timeout 300 fio "${job[@]}" --do_verify=0 --output="$tmpdir/fio.json" \
   2>"$tmpdir/fio.err" &
