@@ -39,12 +39,12 @@ grep -q 'error: export "nightly": no such' "$nbdkit_log" ||
 
 # Read-only (nbdkit -r): the description says so, listed and asked.
 stop_nbdkit
-run_nbdkit -r -U - "$plugin" "$img" --run 'nbdinfo --list "$uri"' \
-  > "$tmpdir/list-ro" 2>&1 || { cat "$tmpdir/list-ro"; fail "nbdkit -r"; }
+nbdkit_opts=(-r)
+start_nbdkit "$img"
+nbdinfo --list "$uri" > "$tmpdir/list-ro"
 cat "$tmpdir/list-ro"
 grep -q "description: origin: disk.img (read-only)\$" "$tmpdir/list-ro" ||
   fail "under nbdkit -r the listed description does not say read-only"
-run_nbdkit -r -U - "$plugin" "$img" --run 'nbdinfo "$uri"' \
-  > "$tmpdir/info-ro" 2>&1 || { cat "$tmpdir/info-ro"; fail "nbdkit -r"; }
+nbdinfo "$uri" > "$tmpdir/info-ro"
 grep -q "description: origin: disk.img (read-only)\$" "$tmpdir/info-ro" ||
   fail "under nbdkit -r the description does not say read-only"
