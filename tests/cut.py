@@ -26,8 +26,11 @@
 # - One churn thread runs nbdsnapctl (a process per command) to create and
 #   delete snapshots (plain, --defer, --force), logging the monotonic and
 #   wall-clock times at which each command was started (s) and returned (r).
-#   Reader threads read whole live snapshots in unaligned pieces while all
-#   this goes on, and log a digest per region.
+#   A third of the creates take again a name deleted earlier (a "nightly"):
+#   a snapshot is known by its create's id, and a read belongs to the
+#   incarnation of its name created last before it connected.  Reader
+#   threads read whole live snapshots in unaligned pieces while all this
+#   goes on, and log a digest per region.
 #
 # - The cut.  A snapshot is an instant T in [s, r] of its create.  With
 #   sequential requests, region r of the snapshot must equal the base of the
@@ -207,7 +210,7 @@ def pick_range(rng, start, end, bounds):
         n = rng.randint(1, 600)
     elif u < 0.7:
         n = rng.randint(601, 9000)
-    elif u < 0.95:
+    elif u < 0.98:
         n = rng.randint(9001, 160000)
     else:
         n = rng.randint(160001, 1200000)
@@ -306,26 +309,33 @@ def churn(run, plan, rng):
     """Create and delete snapshots; plan ("create", "delete") is when to
     kill: just after one of those was sent, 0-15 ms later."""
     n = 0
+    reuse = []          # names deleted here, to take again (a "nightly")
+    deferred = set()    # of those, deleted with --defer: maybe still taken
     kill_after = run.args.seconds * rng.uniform(0.2, 0.8)
     while not run.over():
         time.sleep(rng.uniform(0, 0.04))
         with run.lock:
             live = sorted(run.live)
         if len(live) < 2 or (len(live) < 6 and rng.random() < 0.6):
-            name = "e%ds%d" % (run.args.epoch, n)
-            n += 1
+            if reuse and rng.random() < 0.3:
+                name = reuse.pop(rng.randrange(len(reuse)))
+            else:
+                name = "e%ds%d" % (run.args.epoch, n)
             words, kind = ("create", name), "create"
+            extra = {"id": "e%dc%d" % (run.args.epoch, n)}
+            n += 1
         else:
             name = rng.choice(live)
             mode = rng.choices(["", "--defer", "--force"], [5, 3, 2])[0]
             words = ("delete", mode, name) if mode else ("delete", name)
             kind = "delete"
+            extra = {"mode": mode}
             with run.lock:
                 run.live.discard(name)   # readers: gone from now on
                 if mode == "--force":
                     run.forced.add(name)
-        rec = {"k": kind, "name": name, "words": words,
-               "s": time.monotonic(), "wall_s": time.time()}
+        rec = dict(extra, k=kind, name=name, words=words,
+                   s=time.monotonic(), wall_s=time.time())
         p = ctl(run, *words)
         if plan == kind and time.monotonic() - run.t0 > kill_after:
             time.sleep(rng.uniform(0, 0.015))
@@ -339,11 +349,18 @@ def churn(run, plan, rng):
         if rec["rc"] == "unknown":
             return
         if kind == "create" and rec["rc"] == 0:
+            deferred.discard(name)
             with run.lock:
                 run.live.add(name)
+        elif kind == "create" and rec["rc"] == 7 and name in deferred:
+            pass                # its last client has not gone yet
         elif kind == "delete" and rec["rc"] == 4:         # busy
             with run.lock:
                 run.live.add(name)
+        elif kind == "delete" and rec["rc"] == 0:
+            reuse.append(name)
+            if extra["mode"] == "--defer":
+                deferred.add(name)
         elif rec["rc"] != 0:
             run.error("nbdsnapctl %s: exit %s: %s"
                       % (" ".join(words), rec["rc"], rec["err"]))
@@ -367,6 +384,7 @@ def reader(run, i):
         try:
             h.connect_uri(snap_uri(run.args, name))
             connected = True
+            tc = time.monotonic()
             data = bytearray()
             while len(data) < size:
                 n = min(size - len(data), rng.choice(
@@ -385,7 +403,7 @@ def reader(run, i):
             run.error("reader %d: %s: %s" % (i, name, e))
             return
         run.record({"k": "read", "name": name, "who": "reader%d" % i,
-                    "s": s, "r": time.monotonic(),
+                    "s": s, "tc": tc, "r": time.monotonic(),
                     "d": region_digests(cfg, data)})
 
 
@@ -430,13 +448,23 @@ def cmd_run(args):
         for rec in run.log:
             f.write(json.dumps(rec) + "\n")
     ops = [x for x in run.log if x["k"] == "op"]
+    done = [x for x in ops if x["st"] == "ok"]
+    slow = max(done, key=lambda x: x["a"] - x["s"], default=None)
+    cmds = [x for x in run.log if x["k"] in ("create", "delete")]
     print("cut.py: epoch %d: %d requests (%d MB written), %d creates, "
-          "%d deletes, %d snapshot reads"
+          "%d deletes, %d snapshot reads; the slowest request %.0f ms (%s), "
+          "create %.0f ms, delete %.0f ms"
           % (args.epoch, len(ops),
              sum(x.get("len", 0) for x in ops if x["op"] == "write") >> 20,
              sum(x["k"] == "create" for x in run.log),
              sum(x["k"] == "delete" for x in run.log),
-             sum(x["k"] == "read" for x in run.log)), flush=True)
+             sum(x["k"] == "read" for x in run.log),
+             (slow["a"] - slow["s"]) * 1000 if slow else 0,
+             slow["op"] if slow else "-",
+             max([(x["r"] - x["s"]) * 1000 for x in cmds
+                  if x["k"] == "create"], default=0),
+             max([(x["r"] - x["s"]) * 1000 for x in cmds
+                  if x["k"] == "delete"], default=0)), flush=True)
     if run.errors:
         sys.exit(1)
 
@@ -542,9 +570,9 @@ class Verifier:
         print("cut.py: FAIL: %s" % msg, file=sys.stderr, flush=True)
         self.failures.append(msg)
 
-    def check_cut(self, epoch, log, dead, snaps):
-        """snaps: name -> (create record, set of digest tuples, bytes or
-        None).  Returns name -> digests of the snapshots that pass."""
+    def check_cut(self, epoch, log, dead, snaps, reads_n):
+        """snaps: create id -> (create record, set of digest tuples, bytes
+        or None).  Returns id -> digests of the snapshots that pass."""
         cfg = self.cfg
         base = open(os.path.join(self.args.dir, "base-%d.img" % epoch),
                     "rb").read()
@@ -556,11 +584,16 @@ class Verifier:
         order = sorted(snaps, key=lambda n: snaps[n][0]["s"])
         for name in order:
             crec, dsets, data = snaps[name]
+            what = label(crec)
             ts = crec["s"]
             tr = crec["r"] if crec["rc"] == 0 else INF
             if len(dsets) != 1:
-                self.fail("%s: reads gave different bytes: %s"
-                          % (name, sorted(dsets)))
+                vs = sorted(dsets)
+                self.fail("%s: %d reads gave %d different contents "
+                          "(regions %s differ): a snapshot that changed"
+                          % (what, reads_n.get(name, 0), len(vs),
+                             [r for r in range(NREG)
+                              if len({v[r] for v in vs}) > 1]))
                 continue
             want = next(iter(dsets))
             instants = [(ts, tr)]
@@ -590,7 +623,7 @@ class Verifier:
                            "answered before create was sent .. those sent "
                            "before it returned): a torn or lost write, or "
                            "one from after the snapshot"
-                           % (name, epoch, r, len(L), lo, hi))
+                           % (what, epoch, r, len(L), lo, hi))
                     if data is not None:
                         msg += "\n" + explain(cfg, epoch, base[a:b], a, L,
                                               lo, hi, data[a:b])
@@ -604,7 +637,7 @@ class Verifier:
             if not instants:
                 self.fail("%s (epoch %d): each region is a prefix (k = %s) "
                           "but no single instant gives them all: not one "
-                          "point in time" % (name, epoch, ks))
+                          "point in time" % (what, epoch, ks))
                 continue
             ok[name] = list(want)
             window = (tr if tr < INF else dead or ts) - ts
@@ -613,11 +646,11 @@ class Verifier:
                                  > 0 for r, k in enumerate(ks))
             if crec["rc"] != 0:
                 print("cut.py: %s, whose create the kill cut off, exists: "
-                      "a consistent cut" % name, flush=True)
+                      "a consistent cut" % what, flush=True)
             if VERBOSE:
                 print("cut.py: %s: a consistent cut, requests per region "
                       "%s, in-flight window %.1f ms"
-                      % (name, [k[0] if len(k) == 1 else k for k in ks],
+                      % (what, [k[0] if len(k) == 1 else k for k in ks],
                          window * 1000), flush=True)
         return ok
 
@@ -678,6 +711,15 @@ class Verifier:
         return bytes(data)
 
 
+def label(c):
+    return "%s (create %s)" % (c["name"], c["id"])
+
+
+def inc_at(incs, name, t):
+    """The incarnation of snapshot name that was created last before t."""
+    return [c for c in incs[name] if c["s"] < t][-1]
+
+
 def cmd_verify(args):
     cfg = load_config(args.dir)
     d, E = args.dir, args.epoch
@@ -693,67 +735,86 @@ def cmd_verify(args):
     with open(os.path.join(d, "base-%d.img" % (E + 1)), "wb") as f:
         f.write(origin)
 
-    # What must be listed, what may be.
-    creates, deletes = {}, {}
+    # Snapshots by incarnation (a name may be taken again once deleted):
+    # the create's id.  What must be listed, what may be.
+    incs, deletes = {}, {}
     for e in range(E + 1):
         for x in load_epoch(d, e):
-            if x["k"] == "create":
-                creates[x["name"]] = dict(x, epoch=e)
+            if x["k"] == "create" and x["rc"] in (0, "unknown"):
+                incs.setdefault(x["name"], []).append(dict(x, epoch=e))
             elif x["k"] == "delete" and x["rc"] != 4:
-                deletes[x["name"]] = x
+                c = inc_at(incs, x["name"], x["s"])
+                deletes[c["id"]] = x
     r = subprocess.run([args.ctl, "-s", args.admin, "--json", "list"],
                        capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         die("nbdsnapctl list: %s" % r.stderr)
     listed = {s["name"]: s for s in json.loads(r.stdout)["snapshots"]}
     for name, s in sorted(listed.items()):
-        c = creates.get(name)
-        if c is None or c["rc"] not in (0, "unknown"):
+        c = incs[name][-1] if name in incs else None
+        if c is None:
             v.fail("%s is listed but was never created" % name)
-        elif name in known["absent"]:
-            v.fail("%s is listed again after it was not" % name)
-        elif name in deletes and deletes[name]["rc"] == 0:
-            if s["state"] != "deleting":
-                v.fail("%s was deleted (%s) but is listed, %s"
-                       % (name, " ".join(deletes[name]["words"]),
-                          s["state"]))
+            continue
+        what = label(c)
+        if c["id"] in known["absent"]:
+            v.fail("%s is listed again after it was not" % what)
+        elif c["id"] in deletes and s["state"] == "deleting":
+            pass                # its chunk moves may still be going on
+        elif c["id"] in deletes and deletes[c["id"]]["rc"] == 0:
+            x = deletes[c["id"]]
+            v.fail("%s was deleted (%s answered at %.6f) but is listed, %s"
+                   % (what, " ".join(x["words"]), x["wall_r"], s["state"]))
         elif s["state"] != "live":
-            v.fail("%s is %s, not live" % (name, s["state"]))
-    for name, c in sorted(creates.items()):
-        if c["rc"] == 0 and name not in deletes and name not in listed:
-            v.fail("%s was created (nbdsnapctl answered at %.6f) and not "
-                   "deleted, but is not listed" % (name, c["wall_r"]))
-        if name not in listed and name not in known["absent"]:
-            known["absent"].append(name)
+            v.fail("%s is %s, not live" % (what, s["state"]))
+    for name, cs in sorted(incs.items()):
+        for c in cs:
+            if c is cs[-1] and name in listed:
+                continue
+            if c["rc"] == 0 and c["id"] not in deletes:
+                v.fail("%s was created (nbdsnapctl answered at %.6f) and "
+                       "not deleted, but is not listed"
+                       % (label(c), c["wall_r"]))
+            if c["id"] not in known["absent"]:
+                known["absent"].append(c["id"])
 
-    # Every read of every snapshot: this epoch's readers, a full read now.
+    # Every read of every snapshot: this epoch's readers (of the
+    # incarnation created last before they connected), a full read now.
     present = [n for n, s in listed.items() if s["state"] == "live"]
-    reads = {}
+    creates = {c["id"]: c for cs in incs.values() for c in cs}
+    reads, reads_n = {}, {}
     for x in log:
         if x["k"] == "read":
-            reads.setdefault(x["name"], set()).add(tuple(x["d"]))
+            i = inc_at(incs, x["name"], x["tc"])["id"]
+            reads.setdefault(i, set()).add(tuple(x["d"]))
+            reads_n[i] = reads_n.get(i, 0) + 1
     data = {}
     for name in present:
-        data[name] = v.read_export(name)
-        reads.setdefault(name, set()).add(
-            tuple(region_digests(cfg, data[name])))
+        i = incs[name][-1]["id"]
+        data[i] = v.read_export(name)
+        reads.setdefault(i, set()).add(tuple(region_digests(cfg, data[i])))
+        reads_n[i] = reads_n.get(i, 0) + 1
     new = {}
     known_before = set(known["digests"])
-    for name, dsets in reads.items():
-        if name in known["digests"]:
-            if dsets != {tuple(known["digests"][name])}:
-                v.fail("%s no longer reads as it did (a read in epoch %d "
-                       "differs from what epoch %d verified)"
-                       % (name, E, creates[name]["epoch"]))
+    for i, dsets in reads.items():
+        if i in known["digests"]:
+            was = tuple(known["digests"][i])
+            if dsets != {was}:
+                v.fail("%s no longer reads as it did when epoch %d verified "
+                       "it: regions %s differ (%d of the %d distinct contents "
+                       "read now)"
+                       % (label(creates[i]), creates[i]["epoch"],
+                          sorted({r for d in dsets for r in range(NREG)
+                                  if d[r] != was[r]}),
+                          sum(d != was for d in dsets), len(dsets)))
         else:
-            new.setdefault(creates[name]["epoch"], {})[name] = \
-                (creates[name], dsets, data.get(name))
+            new.setdefault(creates[i]["epoch"], {})[i] = \
+                (creates[i], dsets, data.get(i))
     nok = 0
     for e, snaps in sorted(new.items()):
         elog = log if e == E else load_epoch(d, e)
         ekills = [x for x in elog if x["k"] == "kill"]
         edead = ekills[0]["dead"] if ekills else None
-        ok = v.check_cut(e, elog, edead, snaps)
+        ok = v.check_cut(e, elog, edead, snaps, reads_n)
         known["digests"].update(ok)
         nok += len(ok)
     known["present"] = sorted(present)
