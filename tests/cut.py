@@ -411,7 +411,7 @@ def run_threads(run, args, rng, plan, threads):
     for t in threads:
         t.start()
     deadline = run.t0 + args.seconds
-    kill_at = run.t0 + args.seconds * rng.uniform(0.2, 1.0)
+    kill_at = run.t0 + args.seconds * rng.uniform(0.02, 1.0)
     while not run.over() and time.monotonic() < deadline:
         if plan == "timer" and time.monotonic() >= kill_at:
             run.kill("timer")

@@ -12,9 +12,10 @@
 # other; every snapshot reads as it did before the kill.  A last clean
 # round follows the kills.  Both durability modes, chunk sizes 4K, 64K, 1M.
 #
-# SEED replays a run's choices (printed first); CUT_KILLS (default 3) is
-# the number of kills per configuration, CUT_SECONDS (default 2) the
-# longest a round runs before its kill.
+# SEED replays a run's choices (printed first; CUT_KEEP=DIR keeps the logs
+# of a failed run); CUT_KILLS (default 3) is the number of kills per
+# configuration, CUT_SECONDS (default 2) the longest a round runs before
+# its kill.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires "$PYTHON" -c 'import nbd'
 
@@ -23,13 +24,25 @@ seconds=${CUT_SECONDS:-2}
 kills=${CUT_KILLS:-3}
 echo "$0: SEED=$seed CUT_SECONDS=$seconds CUT_KILLS=$kills"
 
+# On failure: how to run the same choices again (the timing differs),
+# and the logs kept in $CUT_KEEP if it is set.
+cut_failed ()
+{
+  if [ -n "${CUT_KEEP:-}" ]; then
+    mkdir -p "$CUT_KEEP"
+    cp "$d"/*.jsonl "$d"/*.json "$d"/*.log "$nbdkit_log" "$CUT_KEEP" \
+      2>/dev/null || :
+  fi
+  fail "chunk-size=$chunk durability=$mode: $1 failed; replay with" \
+       "SEED=$seed CUT_SECONDS=$seconds CUT_KILLS=$kills" \
+       "${CUT_KEEP:+(logs in $CUT_KEEP)}"
+}
+
 cut_py=("$PYTHON" "$abs_top_srcdir/tests/cut.py" --admin "$tmpdir/admin.sock"
         --ctl "$nbdsnapctl")
 cut ()
 {
-  "${cut_py[@]}" --sock "$sock" "$@" ||
-    fail "chunk-size=$chunk durability=$mode: cut.py $1 failed;" \
-         "replay with SEED=$seed"
+  "${cut_py[@]}" --sock "$sock" "$@" || cut_failed "cut.py $1"
 }
 
 # cut.py run asks for the kill on kill.req ("kill", or "abort" if it
@@ -59,8 +72,7 @@ do
       echo dead >&4
     fi
     wait "$cut_pid" ||
-      fail "chunk-size=$chunk durability=$mode: cut.py run failed;" \
-           "replay with SEED=$seed"
+      cut_failed "cut.py run"
     [ "$line" = kill ] || fail "cut.py run did not ask for the kill ($line)"
     _check_sanitizer_log "$nbdkit_log"
     cp "$nbdkit_log" "$d/nbdkit-$e.log"

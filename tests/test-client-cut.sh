@@ -12,8 +12,9 @@
 # checked).  Chunk sizes 4K, 64K and 1M; both durability modes; a clean
 # restart at the end, after which every snapshot still reads the same.
 #
-# SEED replays a run's choices (printed first); CUT_SECONDS (default 2) is
-# the length of each round, CUT_ROUNDS (default 2) their number.
+# SEED replays a run's choices (printed first; CUT_KEEP=DIR keeps the logs
+# of a failed run); CUT_SECONDS (default 2) is the length of each round,
+# CUT_ROUNDS (default 2) their number.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires "$PYTHON" -c 'import nbd'
 
@@ -22,12 +23,25 @@ seconds=${CUT_SECONDS:-2}
 rounds=${CUT_ROUNDS:-2}
 echo "$0: SEED=$seed CUT_SECONDS=$seconds CUT_ROUNDS=$rounds"
 
+# On failure: how to run the same choices again (the timing differs),
+# and the logs kept in $CUT_KEEP if it is set.
+cut_failed ()
+{
+  if [ -n "${CUT_KEEP:-}" ]; then
+    mkdir -p "$CUT_KEEP"
+    cp "$d"/*.jsonl "$d"/*.json "$d"/*.log "$nbdkit_log" "$CUT_KEEP" \
+      2>/dev/null || :
+  fi
+  fail "chunk-size=$chunk durability=$mode: $1 failed; replay with" \
+       "SEED=$seed CUT_SECONDS=$seconds CUT_ROUNDS=$rounds" \
+       "${CUT_KEEP:+(logs in $CUT_KEEP)}"
+}
+
 cut ()
 {
   "$PYTHON" "$abs_top_srcdir/tests/cut.py" --sock "$sock" \
     --admin "$tmpdir/admin.sock" --ctl "$nbdsnapctl" "$@" ||
-    fail "chunk-size=$chunk durability=$mode: cut.py $1 failed;" \
-         "replay with SEED=$seed"
+    cut_failed "cut.py $1"
 }
 
 for cfg in 4K:power 64K:process 1M:power 4K:process 64K:power 1M:process
