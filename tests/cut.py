@@ -30,7 +30,8 @@
 #   a snapshot is known by its create's id, and a read belongs to the
 #   incarnation of its name created last before it connected.  Reader
 #   threads read whole live snapshots in unaligned pieces while all this
-#   goes on, and log a digest per region.
+#   goes on, and log a digest per region; what block status says reads
+#   as zeros (what nbdcopy skips) must.
 #
 # - The cut.  A snapshot is an instant T in [s, r] of its create.  With
 #   sequential requests, region r of the snapshot must equal the base of the
@@ -367,6 +368,25 @@ def churn(run, plan, rng):
             return
 
 
+def zero_extents(h, size):
+    """The extents that base:allocation says read as zeros."""
+    zeros, off = [], 0
+
+    def f(ctx, o, entries, err):
+        nonlocal off
+        if ctx == nbd.CONTEXT_BASE_ALLOCATION:
+            for n, flags in zip(entries[0::2], entries[1::2]):
+                if flags & nbd.STATE_ZERO:
+                    zeros.append((o, n))
+                o += n
+            off = o
+        return 0
+
+    while off < size:
+        h.block_status(min(size - off, 1 << 30), off, f)
+    return zeros
+
+
 def reader(run, i):
     cfg = run.cfg
     rng = random.Random("%s/%d/reader%d" % (cfg["seed"], run.args.epoch, i))
@@ -380,6 +400,7 @@ def reader(run, i):
         name = rng.choice(live)
         s = time.monotonic()
         h = nbd.NBD()
+        h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
         connected = False
         try:
             h.connect_uri(snap_uri(run.args, name))
@@ -390,6 +411,7 @@ def reader(run, i):
                 n = min(size - len(data), rng.choice(
                     [rng.randint(1, 5000), rng.randint(5001, 600000)]))
                 data += h.pread(n, len(data))
+            zeros = zero_extents(h, size)
             h.shutdown()
         except nbd.Error as e:
             # Allowed: nbdkit was killed; the snapshot was deleted before
@@ -402,8 +424,14 @@ def reader(run, i):
                 continue
             run.error("reader %d: %s: %s" % (i, name, e))
             return
+        for o, n in zeros:
+            if data[o:o + n] != bytes(n):
+                run.error("reader %d: %s: block status says %d+%d reads as "
+                          "zeros, but it does not" % (i, name, o, n))
+                return
         run.record({"k": "read", "name": name, "who": "reader%d" % i,
                     "s": s, "tc": tc, "r": time.monotonic(),
+                    "z": sum(n for _, n in zeros),
                     "d": region_digests(cfg, data)})
 
 
