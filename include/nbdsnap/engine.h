@@ -27,9 +27,10 @@
  *         snap->meta_lock  (src/snap.h, mutex: rewrites of the meta file
  *                           and of the bitmap header's state)
  *         group commit     (src/gcommit.c, mutex + condvar per sync target)
- *           bitmap word lock (src/bitmap.h, mutex per word stripe of one
+ *         bitmap word lock (src/bitmap.h, mutex per word stripe of one
  *                           bitmap file: compute, pwrite, store of one
- *                           word of bits; held by bitmap_set only)
+ *                           word of bits; held by bitmap_or_word only)
+ *         (these three are leaves: none is held while taking another)
  *
  * No lock is taken while holding a lock below it in this list.
  */
