@@ -52,9 +52,10 @@
  * word).  bitmap_set writes the bit's 8-byte word, new value, to the file
  * first and only then stores it in memory (release), so the page cache
  * holds every bit that a thread of this process can see (what kill -9
- * needs).  Every change of one word — compute, pwrite, store — happens
- * under locks[w % BITMAP_LOCKS], so an older value never overwrites a
- * newer one in the file.  Making bits durable is bitmap_sync
+ * needs).  Every change of one word of a published bitmap — compute,
+ * pwrite, store — happens under locks[w % BITMAP_LOCKS], so an older value
+ * never overwrites a newer one in the file (bitmap_set_range, for a bitmap
+ * being created, writes memory only; bitmap_write_pages follows it).  Making bits durable is bitmap_sync
  * (fdatasync).
  */
 #ifndef NBDSNAP_BITMAP_H
