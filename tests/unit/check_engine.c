@@ -88,32 +88,6 @@ check_snap_ (struct nbdsnap_snap *s, const unsigned char *want, int line)
 }
 #define check_snap(s, want) check_snap_ ((s), (want), __LINE__)
 
-static struct nbdsnap_snap_info
-info_of (struct nbdsnap_snap *s)
-{
-  struct nbdsnap_snap_info i;
-  ck_assert_int_eq (nbdsnap_snap_info (e, s, &i), 0);
-  return i;
-}
-
-static struct nbdsnap_snap *
-mksnap (const char *name)
-{
-  struct nbdsnap_snap *s = nbdsnap_snap_create (e, name, false);
-  ck_assert_msg (s != NULL, "create %s: %s", name, last_error);
-  return s;
-}
-
-static char *
-snapfile (uint64_t id, const char *ext)
-{
-  static char p[4][600];
-  static int k;
-  k = (k + 1) % 4;
-  snprintf (p[k], sizeof p[k], "%s/snap-%06" PRIu64 ".%s", sdpath, id, ext);
-  return p[k];
-}
-
 static uint64_t
 blocks_of (const char *path)
 {

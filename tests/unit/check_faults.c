@@ -207,22 +207,6 @@ check_live_ (struct nbdsnap_snap *s, const unsigned char *want, int line)
 }
 #define check_live(s, want) check_live_ ((s), (want), __LINE__)
 
-static struct nbdsnap_snap_info
-info_of (struct nbdsnap_snap *s)
-{
-  struct nbdsnap_snap_info i;
-  ck_assert_int_eq (nbdsnap_snap_info (e, s, &i), 0);
-  return i;
-}
-
-static struct nbdsnap_snap *
-mksnap (const char *name)
-{
-  struct nbdsnap_snap *s = nbdsnap_snap_create (e, name, false);
-  ck_assert_msg (s != NULL, "create %s: %s", name, last_error);
-  return s;
-}
-
 static struct nbdsnap_snap *
 lookup (const char *name)
 {
@@ -237,16 +221,6 @@ count_snaps (void)
   ck_assert_int_ge (n, 0);
   free (l);
   return n;
-}
-
-static char *
-snapfile (uint64_t id, const char *ext)
-{
-  static char p[4][600];
-  static int k;
-  k = (k + 1) % 4;
-  snprintf (p[k], sizeof p[k], "%s/snap-%06" PRIu64 ".%s", sdpath, id, ext);
-  return p[k];
 }
 
 /* 16 rotating buffers: check_events takes up to 7 names at once. */

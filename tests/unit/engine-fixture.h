@@ -13,6 +13,8 @@
  *   check_origin ()          the image file equals the model
  *   dup_model                a copy of the model (what a snapshot taken
  *                            now must return)
+ *   info_of, mksnap          a snapshot's info; a create that must work
+ *   snapfile (id, ext)       the path of one of a snapshot's files
  */
 #ifndef NBDSNAP_ENGINE_FIXTURE_H
 #define NBDSNAP_ENGINE_FIXTURE_H
@@ -125,6 +127,35 @@ dup_model (void)
   unsigned char *p = malloc (size);
   memcpy (p, model, size);
   return p;
+}
+
+/* A snapshot's info; create one that must succeed. */
+static struct nbdsnap_snap_info
+info_of (struct nbdsnap_snap *s)
+{
+  struct nbdsnap_snap_info i;
+  ck_assert_int_eq (nbdsnap_snap_info (e, s, &i), 0);
+  return i;
+}
+
+static struct nbdsnap_snap *
+mksnap (const char *name)
+{
+  struct nbdsnap_snap *s = nbdsnap_snap_create (e, name, false);
+  ck_assert_msg (s != NULL, "create %s: %s", name, last_error);
+  return s;
+}
+
+/* The path of a snapshot's file: sdpath/snap-ID.EXT (four calls may be
+ * used at once). */
+static char *
+snapfile (uint64_t id, const char *ext)
+{
+  static char p[4][600];
+  static int k;
+  k = (k + 1) % 4;
+  snprintf (p[k], sizeof p[k], "%s/snap-%06" PRIu64 ".%s", sdpath, id, ext);
+  return p[k];
 }
 
 #endif /* NBDSNAP_ENGINE_FIXTURE_H */
