@@ -608,8 +608,7 @@ cmp_u64 (const void *a, const void *b)
 
 /* Scan the directory: every id that has any file, in order. */
 static int
-scan_ids (struct nbdsnap_engine *e, uint64_t **out, size_t *nout,
-          size_t *nmeta)
+scan_ids (struct nbdsnap_engine *e, uint64_t **out, size_t *nout)
 {
   DIR *dir;
   struct dirent *d;
@@ -618,7 +617,6 @@ scan_ids (struct nbdsnap_engine *e, uint64_t **out, size_t *nout,
   int dfd, len;
   char ext[16];
 
-  *nmeta = 0;
   dfd = dup (e->sd.dirfd);
   if (dfd == -1 || (dir = fdopendir (dfd)) == NULL) {
     nbdsnap_error ("opendir %s: %m", e->sd.path);
@@ -636,7 +634,6 @@ scan_ids (struct nbdsnap_engine *e, uint64_t **out, size_t *nout,
     if (strcmp (ext, "meta") != 0 && strcmp (ext, "bitmap") != 0
         && strcmp (ext, "store") != 0)
       continue;
-    *nmeta += strcmp (ext, "meta") == 0;
     if (n == cap) {
       uint64_t *p = realloc (ids, (cap = cap ? cap * 2 : 16) * sizeof *ids);
       if (p == NULL) {
@@ -667,16 +664,15 @@ load_all (struct nbdsnap_engine *e)
 {
   struct nbdsnap_snap *s, *t;
   uint64_t *ids;
-  size_t n, nmeta, i;
+  size_t n, i;
   char why[160];
 
-  if (scan_ids (e, &ids, &n, &nmeta) == -1)
+  if (scan_ids (e, &ids, &n) == -1)
     return -1;
   /* Every id counts: a snapshot kept without its meta file holds its
    * descriptors too.  Refuse only if they cannot all be opened with a
    * few to spare; if they eat into the clients' reserve, say so (create
    * refuses then) and go on: deleting them needs a running server. */
-  (void) nmeta;
   if (check_fd_budget (e, n, NBDSNAP_FD_RESERVE_MIN) == -1) {
     free (ids);
     return -1;
