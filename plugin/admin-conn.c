@@ -172,7 +172,7 @@ dispatch (struct admin_conn *c, const struct proto_request *r)
   switch (r->cmd) {
   case PROTO_CMD_HELLO:   return proto_hello (PACKAGE_VERSION, c->id);
   case PROTO_CMD_CREATE:  return CALL (create, c->id, r->name, r->temporary);
-  case PROTO_CMD_DELETE:  return CALL (delete, c->id, r->name, r->mode);
+  case PROTO_CMD_DELETE:  return CALL (delete, c->id, r->name, r->mode, NULL);
   case PROTO_CMD_LIST:    return CALL (list, c->id);
   case PROTO_CMD_INFO:    return CALL (info, c->id, r->name);
   case PROTO_CMD_CLIENTS: return CALL (clients, c->id);

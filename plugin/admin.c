@@ -418,3 +418,9 @@ admin_stats_json (void)
                     "errors", (json_int_t) admin.stats.errors,
                     "closed_slow", (json_int_t) admin.stats.closed_slow);
 }
+
+/* STUB until the job runner lands (issue 9). */
+void
+admin_job_accepted (struct nbdsnap_progress *p)
+{
+}

@@ -12,12 +12,24 @@
  *   .cleanup     admin_stop ()      -- before the engine is closed: it calls
  *                                      conn_closed for every connection
  *
- * Threads: every operation is called from the admin thread only, one at a
- * time, never concurrently with another operation or with itself.  An
- * operation may block briefly (create takes the engine's chain lock, which
- * drains in-flight origin writes; delete may move chunks into an older
- * snapshot): while it does, other admin clients wait, the NBD data path
- * does not.  Operations must not call back into admin_*.
+ * Threads: the admin loop never runs a long operation itself.  create,
+ * delete, rollback and changes ("jobs") are called on worker threads
+ * (plugin/admin-job.c), any number at once, from different connections;
+ * they may take seconds to minutes.  Every other operation (list, info,
+ * clients, hold, release, stats, conn_opened, conn_closed) is called on
+ * the admin thread and must answer within milliseconds: it must never
+ * wait for a job (nor for an NBD client).  Operations must be safe to
+ * call concurrently with each other and with themselves, and must not
+ * call back into admin_*.  A connection with a job in flight reads no
+ * more requests until the job has answered, so responses stay in request
+ * order.
+ *
+ * Progress: delete and rollback get a struct nbdsnap_progress (engine.h)
+ * owned by the admin loop, which reads done/total for progress lines and
+ * sets cancel when the server stops.  Such an operation calls
+ * admin_job_accepted (p) once its checks have passed and the job is
+ * certain to go on (its state is persisted): a request with "nowait" is
+ * answered then, and the job runs on without its connection.
  *
  * Return values: each request operation returns a new reference to a
  * response object: proto_ok () with its fields added (see the field list
@@ -44,16 +56,26 @@ struct admin_ops {
    * lets "clients" list admin connections.  uid/pid from SO_PEERCRED. */
   void (*conn_opened) (uint64_t conn, uid_t uid, pid_t pid);
 
-  /* Take a point-in-time snapshot.  temporary: it belongs to conn and is
-   * deleted when conn closes.  Errors: exists, invalid-name, readonly,
-   * no-space, io.  Success: "snapshot": SNAP. */
+  /* Take a point-in-time snapshot (a job).  temporary: it belongs to
+   * conn and is deleted when conn closes.  Errors: exists, invalid-name,
+   * readonly, no-space, io.  Success: "snapshot": SNAP. */
   json_t *(*create) (uint64_t conn, const char *name, bool temporary);
 
-  /* Delete a snapshot (see enum proto_delete_mode).  Errors: not-found,
-   * busy (mode NOW while clients or holds exist), io.  Success: "name",
-   * "deferred", "revoked". */
+  /* Delete a snapshot (a job; see enum proto_delete_mode).  Errors:
+   * not-found, busy (mode NOW while clients or holds exist), io.
+   * Success: "name", "deferred", "revoked". */
   json_t *(*delete) (uint64_t conn, const char *name,
-                     enum proto_delete_mode mode);
+                     enum proto_delete_mode mode,
+                     struct nbdsnap_progress *p);
+
+  /* Roll the origin back to a snapshot (a job).  Errors: not-found, busy
+   * (NBD clients on the origin and !force; another rollback running),
+   * io.  force revokes the origin's clients first; destroy_newer deletes
+   * the snapshots newer than name afterwards (those that are busy are
+   * kept and named in "kept").  Success: "name", "rolled_back_bytes",
+   * "revoked", "destroyed": [names], "kept": [names]. */
+  json_t *(*rollback) (uint64_t conn, const char *name, bool force,
+                       bool destroy_newer, struct nbdsnap_progress *p);
 
   /* Every live snapshot, oldest first.  Success: "snapshots": [SNAP]. */
   json_t *(*list) (uint64_t conn);
@@ -76,7 +98,7 @@ struct admin_ops {
    * "name", "holds". */
   json_t *(*release) (uint64_t conn, const char *name);
 
-  /* Origin extents changed since the snapshot was taken.  Errors:
+  /* Origin extents changed since the snapshot was taken (a job).  Errors:
    * not-found, io (invalid snapshot).  Success: "name", "size",
    * "chunk_size", "changed_bytes", "extents". */
   json_t *(*changes) (uint64_t conn, const char *name);
@@ -120,5 +142,10 @@ extern unsigned admin_conn_limit (void);
  * (snapshots) must leave this many free for the admin loop, or admin
  * connections wait in the listen queue (accept pauses; see admin.c). */
 extern unsigned admin_fd_reserve (void);
+
+/* Called by a delete or rollback operation, from its worker thread, once
+ * the job is accepted (see "Progress" above).  Safe from any thread;
+ * calling it twice is harmless. */
+extern void admin_job_accepted (struct nbdsnap_progress *p);
 
 #endif /* NBDSNAP_PLUGIN_ADMIN_H */

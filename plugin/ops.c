@@ -511,9 +511,16 @@ op_conn_closed (uint64_t conn)
   pthread_mutex_unlock (&registry_lock);
 }
 
+static json_t *
+op_delete_stub (uint64_t conn, const char *name, enum proto_delete_mode mode,
+                struct nbdsnap_progress *p)
+{
+  return op_delete (conn, name, mode);
+}
+
 const struct admin_ops registry_admin_ops = {
   .create = op_create,
-  .delete = op_delete,
+  .delete = op_delete_stub,
   .list = op_list,
   .info = op_info,
   .clients = op_clients,

@@ -800,3 +800,27 @@ nbdsnap_snap_mark_temporary (struct nbdsnap_engine *e,
   pthread_mutex_unlock (&s->meta_lock);
   return r;
 }
+
+/* STUBS: replaced by the background delete and rollback (issue 9). */
+int
+nbdsnap_snap_delete_progress (struct nbdsnap_engine *e,
+                              struct nbdsnap_snap *s,
+                              struct nbdsnap_progress *p)
+{
+  return nbdsnap_snap_delete (e, s);
+}
+
+int
+nbdsnap_snap_mark_deleting (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  return nbdsnap_snap_mark_temporary (e, s);
+}
+
+int
+nbdsnap_rollback (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+                  struct nbdsnap_progress *p)
+{
+  errno = ENOSYS;
+  nbdsnap_error ("rollback: not yet");
+  return -1;
+}

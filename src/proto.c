@@ -48,6 +48,7 @@ static const struct {
   [PROTO_CMD_RELEASE] = { "release", true,  { NULL } },
   [PROTO_CMD_CHANGES] = { "changes", true,  { NULL } },
   [PROTO_CMD_STATS]   = { "stats",   false, { NULL } },
+  [PROTO_CMD_ROLLBACK] = { "rollback", true, { NULL } },
 };
 
 static const struct {

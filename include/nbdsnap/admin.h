@@ -18,7 +18,8 @@
  *
  *                 hello
  *                 create NAME [temporary]
- *                 delete NAME [defer|force]
+ *                 delete NAME [defer|force] [nowait] [progress]
+ *                 rollback NAME [force] [destroy-newer] [nowait] [progress]
  *                 list
  *                 info NAME
  *                 clients
@@ -27,11 +28,28 @@
  *                 changes NAME
  *                 stats
  *
- *   Responses   Exactly one line per request, in request order (requests
- *               may be pipelined), each one compact JSON object:
+ *               Flags after the name may come in any order, each once.
+ *
+ *   Responses   Exactly one final line per request, in request order
+ *               (requests may be pipelined), each one compact JSON object:
  *
  *                 {"ok":true, ...fields of the command...}
  *                 {"ok":false,"error":KIND,"errno":"EBUSY","message":"..."}
+ *
+ *               A delete or rollback with "progress" may be preceded by
+ *               progress lines, objects without "ok" (never sent to a
+ *               request without the flag):
+ *
+ *                 {"progress":"delete","name":N,"done":BYTES,"total":BYTES}
+ *
+ *               "nowait": the final line comes as soon as the job is
+ *               accepted (checks passed, its state persisted), with
+ *               "accepted":true; the job goes on in the server, shown by
+ *               list/info.  Without it the final line comes when the job
+ *               has finished.  create, delete, rollback and changes run
+ *               off the admin loop: while they run, other connections are
+ *               answered at once; their own connection's later requests
+ *               wait (request order).
  *
  *               KIND is one of the strings of enum proto_err below; "errno"
  *               is the symbolic errno name (a decimal string if the server
@@ -45,7 +63,11 @@
  *            "commands": [names], "conn": admin connection id
  *   create   "snapshot": SNAP
  *   delete   "name", "deferred": true if storage is freed only when the last
- *            client disconnects, "revoked": handles revoked by force
+ *            client disconnects, "revoked": handles revoked by force,
+ *            "moved_bytes"; with nowait: "accepted": true instead
+ *   rollback "name", "rolled_back_bytes", "revoked" (origin handles),
+ *            "destroyed": [names], "kept": [names]; with nowait:
+ *            "accepted": true instead
  *   list     "snapshots": [SNAP, ...] oldest first
  *   info     "snapshot": SNAP
  *   clients  "clients": [{"id", "export", "peer", "started", "bytes_read",
@@ -59,10 +81,16 @@
  *            "requests", "errors", "closed_slow", "accept_errors",
  *            "accept_paused"} added by the admin loop
  *
- *   SNAP     {"name", "id", "created" (RFC 3339 UTC), "state" ("live",
- *            "deleting", "invalid"), "temporary", "clients", "holds",
- *            "chunks_candidate", "chunks_copied", "store_bytes",
+ *   SNAP     {"name", "id", "created" (RFC 3339 UTC), "state" ("creating",
+ *            "live", "deleting", "invalid"), "temporary", "clients",
+ *            "holds", "chunks_candidate", "chunks_copied", "store_bytes",
  *            "max_store", ...}; readers must ignore fields they don't know.
+ *            A deleting snapshot has "deferred" (true while it waits for
+ *            its clients and holds to go) and, while its chunks move,
+ *            "progress": {"done", "total"} in bytes.  The rollback target
+ *            has "rollback": {"done", "total"} while a rollback runs.
+ *            list shows every snapshot, deleting ones included (their
+ *            names stay taken until they are gone).
  *
  * Ownership: holds and temporary snapshots belong to the admin connection
  * that made them; when it closes, for any reason, its holds are released
@@ -79,7 +107,7 @@
 
 #include "nbdsnap/engine.h"
 
-#define NBDSNAP_ADMIN_PROTOCOL 1
+#define NBDSNAP_ADMIN_PROTOCOL 2
 /* Longest request line, including its "\n". */
 #define NBDSNAP_ADMIN_LINE_MAX 4096
 /* Longest response line; a bigger one is replaced by a "too-large" error. */
@@ -96,6 +124,7 @@ enum proto_cmd {
   PROTO_CMD_RELEASE,
   PROTO_CMD_CHANGES,
   PROTO_CMD_STATS,
+  PROTO_CMD_ROLLBACK,
   PROTO_CMD__COUNT
 };
 
@@ -151,6 +180,10 @@ struct proto_request {
   char name[NBDSNAP_NAME_MAX + 1];  /* "" for commands without a name */
   bool temporary;                   /* create */
   enum proto_delete_mode mode;      /* delete */
+  bool force;                       /* rollback */
+  bool destroy_newer;               /* rollback */
+  bool nowait;                      /* delete, rollback */
+  bool progress;                    /* delete, rollback */
 };
 
 /* Why a request line was refused: kind and a message for the client. */

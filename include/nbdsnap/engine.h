@@ -54,11 +54,30 @@ enum nbdsnap_durability {
   NBDSNAP_DURABILITY_PROCESS = 1,   /* no syncs on the copy path */
 };
 
+/* A snapshot's state, persisted in its bitmap header (src/snap.h). */
 enum nbdsnap_state {
   NBDSNAP_STATE_LIVE = 0,
-  NBDSNAP_STATE_DELETING = 1,       /* being deleted: hidden, never read */
+  NBDSNAP_STATE_DELETING = 1,       /* its chunks are being moved into the
+                                       next older snapshot: never read;
+                                       an open finishes the delete */
   NBDSNAP_STATE_INVALID = 2,        /* lost a chunk, or found damaged at
                                        open: reads fail with EIO */
+  NBDSNAP_STATE_CREATING = 3,       /* installed, not yet durable: never
+                                       read; an open removes it (moving
+                                       any chunk it took into the next
+                                       older one first) */
+};
+
+/* Progress and cancellation of a long engine operation (the chunk moves of
+ * a delete, a rollback).  The operation sets total once it knows it and
+ * raises done as it goes, both in bytes (atomics: any thread may read
+ * them).  Another thread may set cancel: the operation then stops at the
+ * next chunk and fails with ECANCELED, leaving on disk what the next open
+ * finishes. */
+struct nbdsnap_progress {
+  uint64_t done;
+  uint64_t total;
+  bool cancel;
 };
 
 struct nbdsnap_engine;
@@ -143,20 +162,55 @@ extern int nbdsnap_name_valid (const char *name);
 
 /* Snapshots.  Pointers stay valid until the snapshot is deleted.
  * nbdsnap_snap_create fails with EEXIST (name taken), EMFILE (the open
- * file limit, see fd_reserve), or an I/O error. */
+ * file limit, see fd_reserve), or an I/O error.  It holds chain_lock
+ * exclusive only to drain in-flight origin writes and install the
+ * snapshot (state creating); it returns once the snapshot is durable and
+ * live (in power mode that includes an origin flush, done outside the
+ * exclusive section).  Creates are serialized among themselves. */
 extern struct nbdsnap_snap *nbdsnap_snap_create (struct nbdsnap_engine *e,
                                                  const char *name,
                                                  bool temporary);
 extern struct nbdsnap_snap *nbdsnap_snap_lookup (struct nbdsnap_engine *e,
                                                  const char *name);
-/* Deletes the snapshot, moving chunks the next older one needs into it
- * first.  The caller guarantees nobody reads it any more. */
+/* Deletes the snapshot: its header becomes deleting (in place, no free
+ * space needed), then the chunks the next older one reads through it are
+ * moved into it with chain_lock shared and each chunk's stripe exclusive
+ * (origin writes and other snapshots' reads go on), then chain_lock is
+ * taken exclusive only to unlink it, and its files are removed.  The
+ * caller guarantees nobody reads it any more.  Deletes and rollbacks are
+ * serialized among themselves (job_lock).  p (may be NULL): progress in
+ * bytes moved; cancel stops it with ECANCELED, the snapshot left deleting
+ * (unreadable; the next open finishes the delete).  A delete that fails
+ * before its header says deleting changes nothing. */
 extern int nbdsnap_snap_delete (struct nbdsnap_engine *e,
                                 struct nbdsnap_snap *s);
-/* Mark a snapshot temporary on disk: the next open deletes it (a deferred
- * delete that the server did not live to finish). */
+extern int nbdsnap_snap_delete_progress (struct nbdsnap_engine *e,
+                                         struct nbdsnap_snap *s,
+                                         struct nbdsnap_progress *p);
+/* A deferred delete: write "deleting" into the header (in place, synced;
+ * no free space needed) but keep serving the snapshot: its state in
+ * memory stays as it was, and it takes copies as before, for the clients
+ * still reading it.  The caller calls nbdsnap_snap_delete once they are
+ * gone; if the server stops first, the next open finishes the delete. */
+/* (stub: removed with the deferred-delete rewrite) */
 extern int nbdsnap_snap_mark_temporary (struct nbdsnap_engine *e,
                                         struct nbdsnap_snap *s);
+extern int nbdsnap_snap_mark_deleting (struct nbdsnap_engine *e,
+                                       struct nbdsnap_snap *s);
+
+/* Rollback: make the origin read exactly as s.  For every chunk in s's
+ * changes set, s's view of the chunk is written to the origin through the
+ * ordinary write path (so every newer snapshot keeps its own point in
+ * time); all-zero chunks are written as zeroes (holes where the origin
+ * supports it).  The caller guarantees nothing else writes the origin
+ * meanwhile.  Recorded in the state directory ("rollback" file) before the
+ * first write and removed after the last one is flushed: an open that
+ * finds it finishes the rollback before it returns.  Fails with EIO if s
+ * is invalid, EBUSY if s is creating or deleting, ECANCELED if cancelled
+ * (the record stays: the next open finishes it).  p: bytes written of the
+ * changes set's. */
+extern int nbdsnap_rollback (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+                             struct nbdsnap_progress *p);
 /* Every snapshot, oldest first; returns the count (or -1); *out is
  * malloc'd and the caller frees it. */
 extern ssize_t nbdsnap_snap_list (struct nbdsnap_engine *e,
