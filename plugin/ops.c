@@ -220,7 +220,7 @@ op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode)
                        en->clients, en->holds);
       goto out;
     case PROTO_DELETE_DEFER:
-      if (nbdsnap_snap_mark_temporary (registry_engine, en->snap) == -1) {
+      if (nbdsnap_snap_mark_deleting (registry_engine, en->snap) == -1) {
         r = proto_error_errno (errno, "delete %s: %s", name,
                                cause (errno));
         goto out;

@@ -15,6 +15,8 @@
  *   copied(X, c)      stop: the content is preserved for X and for every
  *                     older snapshot that needs it;
  *   X invalid         it takes no more copies: go on to the next older;
+ *   X deleting        the same (its chunks are moving into the next older
+ *                     one; one it holds already stopped the walk above);
  *   !candidate(X, c)  mark copied(X, c) (nothing to copy: it read as zeros
  *                     and so it still does) and stop;
  *   else              copy c into X's store, then set copied(X, c); stop,
@@ -213,6 +215,9 @@ cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
   for (; x != NULL; x = x->older) {
     if (bitmap_test (&x->bm.copied, c))
       break;
+    if (snap_state (x) == NBDSNAP_STATE_DELETING)
+      continue;                 /* its chunks are moving into the next
+                                   older one, which takes c's copy */
     if (snap_state (x) == NBDSNAP_STATE_INVALID) {
       /* It takes no more copies; but if its invalid mark is not on disk
        * yet, changing c would make it lie after a restart. */
@@ -665,55 +670,134 @@ move_data (struct nbdsnap_engine *e, struct nbdsnap_snap *from,
   return 0;
 }
 
-/* Delete's move: every chunk that `to` (the next older snapshot) reads
- * through `from` is copied into `to` (copy_file_range, so the kernel may
- * share or clone blocks).  chain_lock held exclusive.
- *
- * The data first, synced; only then the copied bits, synced: until the
- * bits are on disk `to` keeps reading those chunks through `from`, whose
- * files stay until this returns, so a crash (or power cut) at any point
- * leaves both snapshots right. */
-int
-cow_move_chunks (struct nbdsnap_engine *e, struct nbdsnap_snap *from,
-                 struct nbdsnap_snap *to)
-{
-  uint64_t w, c, need;
-  bool moved = false;
+/* How many chunks a delete moves between two syncs: each batch holds
+ * chain_lock shared (a create waiting for it exclusive waits for one
+ * batch at most, and origin writes that queue behind that create wait as
+ * long), and each chunk's stripe exclusive while its bytes move. */
+#define MOVE_BATCH 256
 
-  if (from->damaged)
-    return 0;                   /* nothing trustworthy to move; the older
-                                   ones that needed it are invalid */
-  for (w = 0; w < from->bm.nwords; ++w) {
-    need = bitmap_word (&from->bm.copied, w)
-           & ~bitmap_word (&to->bm.copied, w);
-    while (need != 0) {
-      c = w * 64 + __builtin_ctzll (need);
-      need &= need - 1;
-      if (bitmap_test (&to->bm.candidate, c)
-          && move_data (e, from, to, c) == -1)
-        goto err;
-      moved = true;
-    }
-  }
-  if (!moved)
-    return 0;
-  /* Delete is rare: make the move durable in both modes before the
-   * deleted snapshot's files go. */
-  if (fdatasync (to->store_fd) == -1)
-    goto err;
-  for (w = 0; w < from->bm.nwords; ++w) {
-    need = bitmap_word (&from->bm.copied, w)
-           & ~bitmap_word (&to->bm.copied, w);
+/* The chunks `to` reads through `from` in word w: from holds them, to
+ * does not. */
+static uint64_t
+move_need (struct nbdsnap_snap *from, struct nbdsnap_snap *to, uint64_t w)
+{
+  return bitmap_word (&from->bm.copied, w) & ~bitmap_word (&to->bm.copied, w);
+}
+
+static bool
+cancelled (struct nbdsnap_progress *p)
+{
+  return p != NULL && __atomic_load_n (&p->cancel, __ATOMIC_RELAXED);
+}
+
+static void
+progress_add (struct nbdsnap_progress *p, uint64_t *done, uint64_t n)
+{
+  __atomic_add_fetch (done, n, __ATOMIC_RELAXED);
+  if (p != NULL)
+    __atomic_add_fetch (&p->done, n, __ATOMIC_RELAXED);
+}
+
+/* Set the copied bits of `to` for words [w0, w1) of the batch just moved
+ * (the data is synced).  The bits are what `from` holds and `to` did not
+ * when the batch was moved; neither changes meanwhile: writers stop at
+ * from's copied bits, and only this delete adds bits to `to` there. */
+static int
+move_mark (struct nbdsnap_snap *from, struct nbdsnap_snap *to,
+           uint64_t w0, uint64_t w1)
+{
+  uint64_t w, need;
+
+  for (w = w0; w < w1; ++w) {
+    need = move_need (from, to, w);
     if (need == 0)
       continue;
     if (bitmap_or_word (&to->bm, &to->bm.copied, w, need) == -1)
-      goto err;
+      return -1;
     __atomic_fetch_add (&to->chunks_copied,
                         __builtin_popcountll
                           (need & bitmap_word (&to->bm.candidate, w)),
                         __ATOMIC_RELAXED);
   }
   __atomic_add_fetch (&to->dirty, 1, __ATOMIC_RELEASE);
+  return 0;
+}
+
+/* Delete's move: every chunk that `to` (the next older snapshot) reads
+ * through `from` is copied into `to` (copy_file_range, so the kernel may
+ * share or clone blocks).  from is deleting: writers take no copies into
+ * it, but stop at the chunks it holds, so those never change and `to`
+ * takes no copy of them but this one.  In batches of MOVE_BATCH chunks:
+ * chain_lock shared and each chunk's stripe exclusive while its bytes
+ * move; then to's store is synced, then its bits are written; at the end
+ * to's bitmap is synced.  Until a bit is written `to` reads that chunk
+ * through `from`, whose files stay until the delete unlinks it, so a
+ * crash (or power cut) at any point leaves both right, and the next open
+ * moves what is left (the move is idempotent). */
+int
+cow_move_chunks (struct nbdsnap_engine *e, struct nbdsnap_snap *from,
+                 struct nbdsnap_snap *to, struct nbdsnap_progress *p)
+{
+  uint64_t w, w0, c, need, total = 0, batch;
+  uint64_t max = e->move_batch ? e->move_batch : MOVE_BATCH;
+  bool any = false;
+
+  if (from->damaged)
+    return 0;                   /* nothing trustworthy to move; the older
+                                   ones that needed it are invalid */
+  for (w = 0; w < from->bm.nwords; ++w) {
+    need = move_need (from, to, w);
+    if (need != 0) {
+      any = true;
+      total += __builtin_popcountll (need
+                                     & bitmap_word (&to->bm.candidate, w));
+    }
+  }
+  if (!any)
+    return 0;
+  total *= e->chunk_size;
+  __atomic_store_n (&from->move_total, total, __ATOMIC_RELAXED);
+  if (p != NULL)
+    __atomic_store_n (&p->total, total, __ATOMIC_RELAXED);
+
+  for (w = 0; w < from->bm.nwords; ) {
+    if (cancelled (p)) {
+      errno = ECANCELED;
+      nbdsnap_error ("delete %s: cancelled; the next start finishes it",
+                     from->name);
+      return -1;
+    }
+    /* One batch: whole words, until MOVE_BATCH chunks have moved. */
+    w0 = w;
+    batch = 0;
+    pthread_rwlock_rdlock (&e->chain_lock);
+    for (; w < from->bm.nwords && batch < max; ++w) {
+      need = move_need (from, to, w);
+      while (need != 0) {
+        c = w * 64 + __builtin_ctzll (need);
+        need &= need - 1;
+        if (!bitmap_test (&to->bm.candidate, c))
+          continue;             /* to reads it as zeros: just the bit */
+        pthread_rwlock_wrlock (stripe (e, c));
+        if (move_data (e, from, to, c) == -1) {
+          pthread_rwlock_unlock (stripe (e, c));
+          pthread_rwlock_unlock (&e->chain_lock);
+          goto err;
+        }
+        pthread_rwlock_unlock (stripe (e, c));
+        batch++;
+      }
+    }
+    pthread_rwlock_unlock (&e->chain_lock);
+    /* Data before bits, in both modes (delete is rare). */
+    if (batch > 0 && fdatasync (to->store_fd) == -1)
+      goto err;
+    if (move_mark (from, to, w0, w) == -1)
+      goto err;
+    progress_add (p, &from->move_done, batch * (uint64_t) e->chunk_size);
+    if (e->move_hook)
+      e->move_hook (e->move_hook_opaque);
+  }
   if (bitmap_sync (&to->bm) == -1)
     goto err;
   return 0;
@@ -722,4 +806,71 @@ cow_move_chunks (struct nbdsnap_engine *e, struct nbdsnap_snap *from,
   nbdsnap_error ("delete %s: moving chunks into %s: %m", from->name,
                  to->name);
   return -1;
+}
+
+/* Rollback: for every chunk in s's changes set (the copied bits of s and
+ * every newer snapshot), read s's view and write it to the origin through
+ * the ordinary write path, so that each newer snapshot first takes its
+ * copy.  Nothing else writes the origin meanwhile (the caller sees to
+ * it), so the set only grows by the chunks written here, which are in it
+ * already, and one pass is enough.  All-zero chunks are written as zeroes
+ * that may punch holes. */
+int
+cow_rollback (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+              struct nbdsnap_progress *p)
+{
+  struct nbdsnap_snap *x;
+  uint64_t w, bits, c, total = 0, done = 0;
+  uint32_t len;
+  char *buf;
+  int r = 0;
+
+  buf = malloc (e->chunk_size);
+  if (buf == NULL) {
+    nbdsnap_error ("malloc: %m");
+    return -1;
+  }
+  /* The set, word by word, under chain_lock shared (not held while
+   * reading or writing: those take it themselves). */
+  pthread_rwlock_rdlock (&e->chain_lock);
+  for (w = 0; w < s->bm.nwords; ++w) {
+    for (bits = 0, x = s; x != NULL; x = x->newer)
+      bits |= bitmap_word (&x->bm.copied, w);
+    total += __builtin_popcountll (bits);
+  }
+  pthread_rwlock_unlock (&e->chain_lock);
+  if (p != NULL)
+    __atomic_store_n (&p->total, total * e->chunk_size, __ATOMIC_RELAXED);
+
+  for (w = 0; w < s->bm.nwords && r == 0; ++w) {
+    pthread_rwlock_rdlock (&e->chain_lock);
+    for (bits = 0, x = s; x != NULL; x = x->newer)
+      bits |= bitmap_word (&x->bm.copied, w);
+    pthread_rwlock_unlock (&e->chain_lock);
+    while (bits != 0 && r == 0) {
+      c = w * 64 + __builtin_ctzll (bits);
+      bits &= bits - 1;
+      if (cancelled (p)) {
+        errno = ECANCELED;
+        nbdsnap_error ("rollback to %s: cancelled; the next start "
+                       "finishes it", s->name);
+        r = -1;
+        break;
+      }
+      len = chunk_len (e, c);
+      r = nbdsnap_snap_pread (e, s, buf, len, c << e->chunk_shift);
+      if (r == 0 && all_zero (buf, len))
+        r = nbdsnap_engine_zero (e, len, c << e->chunk_shift, true, false,
+                                 false);
+      else if (r == 0)
+        r = nbdsnap_engine_pwrite (e, buf, len, c << e->chunk_shift, false);
+      if (r == 0) {
+        done += e->chunk_size;      /* the unit of total */
+        if (p != NULL)
+          __atomic_store_n (&p->done, done, __ATOMIC_RELAXED);
+      }
+    }
+  }
+  free (buf);
+  return r;
 }

@@ -28,10 +28,22 @@ struct nbdsnap_engine {
   uint64_t max_store;
   unsigned fd_reserve;
 
+  /* create_lock: creates one at a time (the next id, the files made
+   * before the snapshot is installed).  job_lock: deletes and rollbacks
+   * one at a time (a delete's move reads its older neighbour, which no
+   * other delete may free meanwhile; a rollback writes the origin through
+   * the chain).  Held across the whole operation, outside chain_lock;
+   * create takes job_lock (inside create_lock) only to undo a create that
+   * failed after its snapshot was installed. */
+  pthread_mutex_t create_lock;
+  pthread_mutex_t job_lock;
+
   /* chain_lock protects the chain (oldest/newest and every snap's
-   * older/newer links, the set of snapshots, next_id).  Origin writes and
+   * older/newer links, the set of snapshots; next_id is create_lock's).  Origin writes and
    * snapshot reads hold it shared for the whole request; create and delete
-   * hold it exclusive, which drains in-flight writes and reads.  Writer
+   * hold it exclusive only to install or unlink a snapshot (which drains
+   * in-flight writes and reads: how a snapshot is taken at one instant);
+   * a delete's chunk moves and a rollback hold it shared.  Writer
    * preferring, so creates are not starved; never taken recursively. */
   pthread_rwlock_t chain_lock;
   struct nbdsnap_snap *oldest, *newest;
@@ -54,12 +66,24 @@ struct nbdsnap_engine {
   int cow_inflight;
 
   int inject_errno;             /* atomic; test hook */
+  /* Test hook (nbdsnap_engine_test_move_hook); set while no delete runs. */
+  unsigned move_batch;
+  void (*move_hook) (void *);
+  void *move_hook_opaque;
 };
 
 /* cow.c */
+/* Delete's move of `from`'s chunks into `to` (from->older), in batches,
+ * each with chain_lock shared; from's state is deleting.  progress: see
+ * engine.h (may be NULL).  job_lock held. */
 extern int cow_move_chunks (struct nbdsnap_engine *e,
                             struct nbdsnap_snap *from,
-                            struct nbdsnap_snap *to);
+                            struct nbdsnap_snap *to,
+                            struct nbdsnap_progress *p);
+/* Rollback's pass: write s's view of every chunk in its changes set to
+ * the origin through the write path.  job_lock held, chain_lock not. */
+extern int cow_rollback (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+                         struct nbdsnap_progress *p);
 extern int cow_sync_snap (struct nbdsnap_engine *e, struct nbdsnap_snap *s);
 /* Does s (older than x) read some chunk through x's store: a chunk that s
  * needs (candidate), x holds data for, and no snapshot from s up to x

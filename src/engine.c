@@ -4,37 +4,70 @@
  *
  * The engine keeps the snapshots of one state directory in a chain, oldest
  * to newest (cow.c has the data path and the rules that make the chain
- * correct).  Create and delete take chain_lock exclusive: in-flight origin
- * writes and snapshot reads drain first, so a snapshot is taken at one
- * instant and is never freed under a reader.
+ * correct).  The data path holds chain_lock shared; create and delete
+ * take it exclusive only for a moment (to install or unlink a snapshot),
+ * so that neither stalls origin writes for longer than it takes the
+ * writes in flight to drain.  Creates are serialized by create_lock,
+ * deletes and rollbacks by job_lock (engine-internal.h).
  *
- * Create: flush the origin (once before draining, once after); create the
- * bitmap (header state "creating") and fill the candidate bits from
+ * Create: outside the exclusive section, make the files (bitmap with
+ * header "creating", sparse store).  Inside it (in-flight writes have
+ * drained: this is the snapshot's instant): fill the candidate bits from
  * SEEK_DATA/SEEK_HOLE on the origin (cost follows the number of data
- * extents, not the image size); create the sparse store; sync both; then
- * write the meta file (atomic rename + directory fsync): the snapshot
- * exists from that moment.  Outside the exclusive section the header
- * becomes "live".  Create is refused (EMFILE) when one more snapshot would
- * eat into the file descriptors kept for clients (fd_reserve): every
- * snapshot keeps two open.
+ * extents, not the image size), write their pages, link the snapshot in,
+ * state creating: from here on writes copy into it, nobody reads it.
+ * Outside again: in power mode flush the origin (what the snapshot reads
+ * from the origin must survive a power cut) and sync its files; in
+ * process mode nothing is synced (kill -9 keeps the page cache).  Then
+ * write the meta file (atomic rename) and the header "live": the
+ * snapshot exists.  Why the flush can wait until after the lock: until
+ * the header says live the snapshot is not served, and an open that finds
+ * a "creating" header removes the snapshot as a delete does (moving into
+ * the older one what writes copied into it), so a power cut before the
+ * flush loses nothing anyone was promised.  Create is refused (EMFILE)
+ * when one more snapshot would eat into the file descriptors kept for
+ * clients (fd_reserve): every snapshot keeps two open.
  *
- * Delete: move into the next older snapshot the chunks it reads through
- * this one (cow_move_chunks, synced), write "deleting" into the bitmap
- * header in place (no free space needed: deleting is how users free
- * space), remove the files, bitmap last.
+ * Delete: write "deleting" into the bitmap header in place (no free space
+ * needed: deleting is how users free space); state deleting in memory (no
+ * reads; writes take no new copies into it, but stop at the chunks it
+ * holds); drain the writes that saw it live (a moment of chain_lock
+ * exclusive); move into the next older snapshot the chunks it reads
+ * through this one, in batches with chain_lock shared (cow_move_chunks:
+ * data synced before bits); unlink it (chain_lock exclusive, a moment);
+ * remove the files, meta first, bitmap last.  A crash anywhere leaves a
+ * header saying deleting: the next open moves what is left and removes
+ * it.  A delete that fails before the header is written changes nothing;
+ * one that fails while moving (ENOSPC, EIO) leaves the snapshot deleting
+ * (unreadable, still serving its chunks to the older ones) until a later
+ * delete or the next open finishes it; an obvious lack of space for the
+ * move is refused up front (check_move_space).  A deferred delete
+ * (nbdsnap_snap_mark_deleting) writes the header first and keeps the
+ * snapshot readable until the caller deletes it.
+ *
+ * Rollback: write a record naming the target (atomic, durable), write the
+ * target's view of every chunk of its changes set to the origin through
+ * the write path (cow_rollback: each newer snapshot takes its copy
+ * first), flush, remove the record.  An open that finds the record
+ * finishes the rollback before it returns (before the origin is served);
+ * if the target is gone or invalid the open fails, saying so.
  *
  * Open (recovery and checks): every id with any file is looked at (see
- * snap.h for what the header state says).  Files of an unfinished create
- * or delete are removed.  Anything else is kept, because older snapshots
+ * snap.h for what the header state says).  Files of a create that never
+ * installed its snapshot, or of a delete that had moved its chunks, are
+ * removed; a header saying creating or deleting otherwise makes a delete
+ * to finish.  Anything else is kept, because older snapshots
  * may read through it, and checked: a missing or damaged meta file (name
  * unknown: it becomes lost-ID), a bitmap that cannot be read or belongs
  * to another id, a store that cannot be opened or is not the image's size
  * make it invalid, with a message saying what was wrong; a damaged bitmap
  * or store makes invalid the older snapshots that may read through it
  * too; a name used twice keeps the older snapshot's, the newer becomes
- * lost-ID.  Damage never stops the open.  Temporary snapshots belonged to
- * an admin connection of a process that is gone and are deleted; every
- * other snapshot is loaded as it was.
+ * lost-ID.  Damage never stops the open.  Then unfinished deletes and
+ * creates are finished (as deletes), an interrupted rollback is finished,
+ * and temporary snapshots, which belonged to an admin connection of a
+ * process that is gone, are deleted; every other snapshot is loaded as it
+ * was.
  */
 #include <config.h>
 
@@ -48,6 +81,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "nbdsnap/err.h"
@@ -99,6 +133,15 @@ void
 nbdsnap_engine_inject_store_error (struct nbdsnap_engine *e, int err)
 {
   __atomic_store_n (&e->inject_errno, err, __ATOMIC_RELAXED);
+}
+
+void
+nbdsnap_engine_test_move_hook (struct nbdsnap_engine *e, unsigned batch,
+                               void (*fn) (void *), void *opaque)
+{
+  e->move_batch = batch;
+  e->move_hook = fn;
+  e->move_hook_opaque = opaque;
 }
 
 static void
@@ -240,13 +283,83 @@ find_name (struct nbdsnap_engine *e, const char *name)
   return NULL;
 }
 
+static int finish_delete (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+                          struct nbdsnap_progress *p);
+
+/* Make the files of snapshot s before it is installed: its bitmap
+ * (header "creating") and its sparse store.  Nothing reads them yet. */
+static int
+create_files (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  char bmname[64];
+
+  snap_file_name (bmname, sizeof bmname, s->id, "bitmap");
+  if (bitmap_create (&s->bm, e->sd.dirfd, bmname, e->nchunks, s->id) == -1
+      || open_store (e, s, true) == -1)
+    return -1;
+  return 0;
+}
+
+/* Install s at this instant; chain_lock held exclusive (in-flight origin
+ * writes have drained).  Only what must be at the instant: the candidate
+ * bits (SEEK_DATA/SEEK_HOLE: the cost follows the number of data
+ * extents), their pages written to the bitmap file (page cache), and the
+ * link into the chain. */
+static int
+install (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  if (find_name (e, s->name) != NULL) {
+    errno = EEXIST;
+    nbdsnap_error ("snapshot %s already exists", s->name);
+    return -1;
+  }
+  if (fill_candidates (e, s) == -1)
+    return -1;
+  if (bitmap_write_pages (&s->bm, &s->bm.candidate) == -1) {
+    nbdsnap_error ("create %s: write %s/snap-%06" PRIu64 ".bitmap: %m",
+                   s->name, e->sd.path, s->id);
+    return -1;
+  }
+  if (e->newest)
+    bitmap_share (&s->bm, &e->newest->bm);
+  chain_append (e, s);
+  return 0;
+}
+
+/* After install, outside the exclusive section: make s durable, then
+ * live.  Power mode flushes the origin (what s reads from it must
+ * survive a power cut) and syncs s's files; process mode syncs nothing
+ * here.  The meta file (atomic rename) names the snapshot; the header
+ * then says live.  If a writer made s invalid meanwhile, that state is
+ * on disk already and stays. */
+static int
+make_live (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  int creating = NBDSNAP_STATE_CREATING;
+
+  if (e->durability == NBDSNAP_DURABILITY_POWER) {
+    if (nbdsnap_origin_flush (e->origin) == -1)
+      return -1;
+    if (bitmap_sync (&s->bm) == -1 || fsync (s->store_fd) == -1) {
+      nbdsnap_error ("create %s: sync: %m", s->name);
+      return -1;
+    }
+  }
+  if (snap_write_meta (&e->sd, s) == -1)
+    return -1;
+  __atomic_compare_exchange_n (&s->state, &creating, NBDSNAP_STATE_LIVE,
+                               false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+  if (!snap_state_durable (s))
+    return -1;
+  return 0;
+}
+
 struct nbdsnap_snap *
 nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
                      bool temporary)
 {
   struct nbdsnap_snap *s = NULL;
-  char bmname[64];
-  bool files = false;
+  bool installed = false;
 
   if (nbdsnap_name_valid (name) == -1)
     return NULL;
@@ -257,76 +370,67 @@ nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
     return NULL;
   }
 
-  /* Flush once before draining writes, so that the flush under the lock
-   * (which stalls the origin) has little left to do. */
-  if (nbdsnap_origin_flush (e->origin) == -1)
-    return NULL;
-
-  pthread_rwlock_wrlock (&e->chain_lock);
-  if (find_name (e, name) != NULL) {
+  pthread_mutex_lock (&e->create_lock);
+  if (nbdsnap_snap_lookup (e, name) != NULL) {
     errno = EEXIST;
     nbdsnap_error ("snapshot %s already exists", name);
-    goto err;
+    goto out;
   }
-  if (check_fd_budget (e, e->nsnaps + 1, e->fd_reserve) == -1)
-    goto err;
-  /* Writes have drained (we hold the chain exclusive): flush them. */
-  if (nbdsnap_origin_flush (e->origin) == -1)
-    goto err;
+  pthread_rwlock_rdlock (&e->chain_lock);
+  if (check_fd_budget (e, e->nsnaps + 1, e->fd_reserve) == -1) {
+    pthread_rwlock_unlock (&e->chain_lock);
+    goto out;
+  }
+  pthread_rwlock_unlock (&e->chain_lock);
 
   s = snap_new ();
   if (s == NULL)
-    goto err;
-  s->id = e->next_id;
+    goto out;
+  s->id = e->next_id++;
   strcpy (s->name, name);
-  clock_gettime (CLOCK_REALTIME, &s->created);
   s->temporary = temporary;
   s->max_store = e->max_store;
-  s->state = NBDSNAP_STATE_LIVE;
-
-  snap_file_name (bmname, sizeof bmname, s->id, "bitmap");
-  files = true;
-  if (bitmap_create (&s->bm, e->sd.dirfd, bmname, e->nchunks, s->id) == -1
-      || fill_candidates (e, s) == -1
-      || open_store (e, s, true) == -1)
-    goto err;
-  if (bitmap_write_pages (&s->bm, &s->bm.candidate) == -1) {
-    nbdsnap_error ("create %s: write %s/%s: %m", name, e->sd.path, bmname);
-    goto err;
-  }
-  if (e->newest)
-    bitmap_share (&s->bm, &e->newest->bm);
-  if (bitmap_sync (&s->bm) == -1 || fsync (s->store_fd) == -1) {
-    nbdsnap_error ("create %s: sync: %m", name);
-    goto err;
-  }
-  if (snap_write_meta (&e->sd, s) == -1)
+  s->state = NBDSNAP_STATE_CREATING;
+  if (create_files (e, s) == -1)
     goto err;
 
-  e->next_id++;
-  chain_append (e, s);
+  pthread_rwlock_wrlock (&e->chain_lock);
+  clock_gettime (CLOCK_REALTIME, &s->created);
+  installed = install (e, s) == 0;
   pthread_rwlock_unlock (&e->chain_lock);
-  /* The meta file exists: the snapshot does.  Its bitmap header says
-   * "creating" until this rewrite, which is not needed for that (a meta
-   * file with a creating header is live at open) but lets a later open
-   * tell a lost meta file from an unfinished create.  Done outside the
-   * exclusive section; if a writer has invalidated it meanwhile, that
-   * state is on disk already and nothing is written. */
-  snap_state_durable (s);
+  if (!installed)
+    goto err;
+
+  if (make_live (e, s) == -1) {
+    /* Installed: writes may have copied chunks into it that older
+     * snapshots now read through it.  Undo it as a delete does. */
+    int saved = errno;
+    nbdsnap_debug ("create %s failed; removing it", name);
+    pthread_mutex_lock (&e->job_lock);
+    if (finish_delete (e, s, NULL) == -1)
+      nbdsnap_error ("snapshot %s (id %" PRIu64 ") stays, deleting: the "
+                     "next start finishes removing it", name, s->id);
+    pthread_mutex_unlock (&e->job_lock);
+    errno = saved;
+    s = NULL;
+    goto out;
+  }
   if (nbdsnap_debug_engine)
     nbdsnap_debug ("created snapshot %s (id %" PRIu64 ", %" PRIu64
                    " candidate chunks)", name, s->id, s->chunks_candidate);
-  return s;
+  goto out;
 
  err:
-  if (files) {
+  {
     int saved = errno;
     snap_unlink_files (&e->sd, s->id);
+    snap_free (s);
+    s = NULL;
     errno = saved;
   }
-  snap_free (s);
-  pthread_rwlock_unlock (&e->chain_lock);
-  return NULL;
+ out:
+  pthread_mutex_unlock (&e->create_lock);
+  return s;
 }
 
 struct nbdsnap_snap *
@@ -342,26 +446,31 @@ nbdsnap_snap_lookup (struct nbdsnap_engine *e, const char *name)
   return s;
 }
 
-/* Delete with chain_lock held exclusive. */
+/* Finish deleting s, whose delete is pending (its header says deleting,
+ * or it was never made live): state deleting (no reads, no new copies),
+ * move into the next older snapshot the chunks it reads through s, unlink
+ * s from the chain (chain_lock exclusive, briefly), remove its files
+ * (meta first, bitmap last).  job_lock held.  If the move fails, s stays
+ * in the chain, deleting (its chunks still serve the older snapshots):
+ * a later delete or the next open finishes it. */
 static int
-delete_locked (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+finish_delete (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+               struct nbdsnap_progress *p)
 {
-  int old_state = snap_state (s);
+  struct nbdsnap_snap *older;
 
-  if (s->older && cow_move_chunks (e, s, s->older) == -1)
+  __atomic_store_n (&s->state, NBDSNAP_STATE_DELETING, __ATOMIC_RELEASE);
+  /* Writers that saw it live may still be copying into it: wait for them
+   * (readers, refused by the catalog already, too). */
+  pthread_rwlock_wrlock (&e->chain_lock);
+  older = s->older;
+  pthread_rwlock_unlock (&e->chain_lock);
+  if (older && cow_move_chunks (e, s, older, p) == -1)
     return -1;
-  /* In place in the bitmap header: works on a full file system.  A
-   * snapshot whose bitmap could not be read at open has no header to
-   * write: its files go at once (meta first; whatever a crash leaves is
-   * found damaged again, and it is invalid already, and so is every
-   * older one). */
-  if (s->bm.fd >= 0 && snap_set_state (s, NBDSNAP_STATE_DELETING) == -1) {
-    /* Not deleted: it stays as it was, readable if it was (the header
-     * still says so: the write failed). */
-    __atomic_store_n (&s->state, old_state, __ATOMIC_RELEASE);
-    return -1;
-  }
+
+  pthread_rwlock_wrlock (&e->chain_lock);
   chain_remove (e, s);
+  pthread_rwlock_unlock (&e->chain_lock);
   if (snap_unlink_files (&e->sd, s->id) == -1)
     nbdsnap_error ("snapshot %s: files left behind; they are removed at the "
                    "next start", s->name);
@@ -371,15 +480,179 @@ delete_locked (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
   return 0;
 }
 
+/* Is there clearly not enough free space to move s's chunks into the
+ * next older snapshot?  Then the delete is refused before it changes
+ * anything (ENOSPC, saying how much is needed).  Only a rough check:
+ * a file system that clones blocks may need less, and the move itself
+ * may still fail (the snapshot then stays deleting). */
+static int
+check_move_space (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  struct statvfs sv;
+  uint64_t w, need = 0, avail;
+
+  if (s->older == NULL || s->damaged || fstatvfs (e->sd.dirfd, &sv) == -1)
+    return 0;
+  for (w = 0; w < s->bm.nwords; ++w)
+    need += __builtin_popcountll (bitmap_word (&s->bm.copied, w)
+                                  & ~bitmap_word (&s->older->bm.copied, w)
+                                  & bitmap_word (&s->older->bm.candidate,
+                                                 w));
+  need *= e->chunk_size;
+  avail = (uint64_t) sv.f_bavail * sv.f_frsize;
+  if (need <= avail)
+    return 0;
+  errno = ENOSPC;
+  nbdsnap_error ("delete %s: its %" PRIu64 " MiB of chunks that %s still "
+                 "needs must move into %s's store, and %s has only %" PRIu64
+                 " MiB free: free some space, or delete %s first", s->name,
+                 need >> 20, s->older->name, s->older->name, e->sd.path,
+                 avail >> 20, s->older->name);
+  return -1;
+}
+
+int
+nbdsnap_snap_delete_progress (struct nbdsnap_engine *e,
+                              struct nbdsnap_snap *s,
+                              struct nbdsnap_progress *p)
+{
+  int r = -1;
+
+  pthread_mutex_lock (&e->job_lock);
+  if (!s->delete_pending) {
+    pthread_rwlock_rdlock (&e->chain_lock);
+    r = check_move_space (e, s);
+    pthread_rwlock_unlock (&e->chain_lock);
+    if (r == -1)
+      goto out;
+  }
+  /* In place in the bitmap header: works on a full file system.  A
+   * snapshot whose bitmap could not be read at open has no header to
+   * write: its files go at once (meta first; whatever a crash leaves is
+   * found damaged again, and it is invalid already, and so is every
+   * older one).  If the header cannot be written, nothing changed. */
+  if (s->bm.fd >= 0 && snap_mark_delete_pending (s) == -1) {
+    r = -1;
+    goto out;
+  }
+  r = finish_delete (e, s, p);
+ out:
+  pthread_mutex_unlock (&e->job_lock);
+  return r;
+}
+
 int
 nbdsnap_snap_delete (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
 {
-  int r;
+  return nbdsnap_snap_delete_progress (e, s, NULL);
+}
 
-  pthread_rwlock_wrlock (&e->chain_lock);
-  r = delete_locked (e, s);
-  pthread_rwlock_unlock (&e->chain_lock);
+int
+nbdsnap_snap_mark_deleting (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  if (s->bm.fd < 0)
+    return 0;                   /* damaged: nothing to record; the delete
+                                   removes its files at once */
+  return snap_mark_delete_pending (s);
+}
+
+/* The rollback record: "rollback" in the state directory, naming the
+ * target by id, written (atomic, durable) before the first origin write
+ * and removed after the last one is flushed. */
+#define ROLLBACK_FILE "rollback"
+
+static int
+rollback_run (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+              struct nbdsnap_progress *p)
+{
+  if (cow_rollback (e, s, p) == -1 || nbdsnap_engine_flush (e) == -1)
+    return -1;
+  if (unlinkat (e->sd.dirfd, ROLLBACK_FILE, 0) == -1 && errno != ENOENT) {
+    nbdsnap_error ("unlink %s/%s: %m", e->sd.path, ROLLBACK_FILE);
+    return -1;
+  }
+  if (fsync (e->sd.dirfd) == -1) {
+    nbdsnap_error ("fsync %s: %m", e->sd.path);
+    return -1;
+  }
+  if (nbdsnap_debug_engine)
+    nbdsnap_debug ("rolled the origin back to snapshot %s", s->name);
+  return 0;
+}
+
+int
+nbdsnap_rollback (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+                  struct nbdsnap_progress *p)
+{
+  char rec[64];
+  int r = -1, st;
+
+  pthread_mutex_lock (&e->job_lock);
+  st = snap_state (s);
+  if (st == NBDSNAP_STATE_INVALID) {
+    errno = EIO;
+    nbdsnap_error ("rollback to %s: the snapshot is invalid: it does not "
+                   "know its own bytes", s->name);
+    goto out;
+  }
+  if (st != NBDSNAP_STATE_LIVE || s->delete_pending) {
+    errno = EBUSY;
+    nbdsnap_error ("rollback to %s: the snapshot is %s", s->name,
+                   s->delete_pending ? "being deleted" : snap_state_name (st));
+    goto out;
+  }
+  snprintf (rec, sizeof rec, "nbdsnap-rollback 1\nid %" PRIu64 "\n", s->id);
+  if (statedir_write_file (&e->sd, ROLLBACK_FILE, rec) == -1)
+    goto out;
+  r = rollback_run (e, s, p);
+ out:
+  pthread_mutex_unlock (&e->job_lock);
   return r;
+}
+
+/* Open: finish a rollback that a stop or crash interrupted, before the
+ * origin is served.  -1 if it cannot be finished. */
+static int
+resume_rollback (struct nbdsnap_engine *e)
+{
+  char buf[128];
+  struct nbdsnap_snap *s;
+  uint64_t id;
+  ssize_t n;
+  int fd;
+
+  fd = openat (e->sd.dirfd, ROLLBACK_FILE, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) {
+    if (errno == ENOENT)
+      return 0;
+    nbdsnap_error ("%s/%s: %m", e->sd.path, ROLLBACK_FILE);
+    return -1;
+  }
+  n = read (fd, buf, sizeof buf - 1);
+  close (fd);
+  if (n < 0 || (buf[n] = '\0',
+                sscanf (buf, "nbdsnap-rollback 1\nid %" SCNu64, &id) != 1)) {
+    errno = EINVAL;
+    nbdsnap_error ("%s/%s: unreadable: a rollback was interrupted and its "
+                   "target is unknown; the origin may be partly rolled "
+                   "back.  Remove the file to serve it as it is",
+                   e->sd.path, ROLLBACK_FILE);
+    return -1;
+  }
+  for (s = e->oldest; s != NULL && s->id != id; s = s->newer)
+    ;
+  if (s == NULL || snap_state (s) != NBDSNAP_STATE_LIVE) {
+    errno = EIO;
+    nbdsnap_error ("a rollback to snapshot id %" PRIu64 " was interrupted "
+                   "and cannot finish: the snapshot is %s.  The origin may "
+                   "be partly rolled back: remove %s/%s to serve it as it "
+                   "is", id, s ? snap_state_name (snap_state (s)) : "gone",
+                   e->sd.path, ROLLBACK_FILE);
+    return -1;
+  }
+  nbdsnap_error ("finishing the interrupted rollback to snapshot %s",
+                 s->name);
+  return rollback_run (e, s, NULL);
 }
 
 static void
@@ -406,6 +679,13 @@ fill_info (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
   pthread_mutex_lock (&s->bitmap_gc.lock);
   info->sync_ns += s->bitmap_gc.sync_ns;
   pthread_mutex_unlock (&s->bitmap_gc.lock);
+  info->delete_pending = __atomic_load_n (&s->delete_pending,
+                                          __ATOMIC_ACQUIRE);
+  if (info->state == NBDSNAP_STATE_DELETING) {
+    info->progress_done = __atomic_load_n (&s->move_done, __ATOMIC_RELAXED);
+    info->progress_total = __atomic_load_n (&s->move_total,
+                                            __ATOMIC_RELAXED);
+  }
 }
 
 int
@@ -458,7 +738,7 @@ open_invalid (struct nbdsnap_snap *s, const char *why)
   if (snap_state (s) == NBDSNAP_STATE_INVALID)
     return;
   __atomic_store_n (&s->state, NBDSNAP_STATE_INVALID, __ATOMIC_RELEASE);
-  if (s->bm.fd >= 0)
+  if (s->bm.fd >= 0 && !s->delete_pending)
     bitmap_set_state (&s->bm, BITMAP_STATE_INVALID);
 }
 
@@ -492,9 +772,11 @@ load_snap (struct nbdsnap_engine *e, uint64_t id, struct nbdsnap_snap **out)
   if (!have_meta
       && (peek_err == ENOENT || peek_err == EINVAL
           || (peek_err == 0 && hstate != BITMAP_STATE_LIVE
-              && hstate != BITMAP_STATE_INVALID))) {
+              && hstate != BITMAP_STATE_INVALID
+              && hstate != BITMAP_STATE_CREATING))) {
     /* No meta file, and the bitmap says (or its blank header shows) that
-     * the snapshot never existed or was being deleted. */
+     * the snapshot was never installed, or was being deleted and its
+     * chunks have moved (the meta file goes first, after the move). */
     nbdsnap_debug ("removing the leftovers of snapshot id %" PRIu64
                    " (an unfinished %s)", id,
                    hstate == BITMAP_STATE_DELETING ? "delete" : "create");
@@ -516,19 +798,29 @@ load_snap (struct nbdsnap_engine *e, uint64_t id, struct nbdsnap_snap **out)
     s->temporary = false;
     s->max_store = 0;
   }
-  if (meta_problem) {
+  if (peek_err == 0 && hstate == BITMAP_STATE_CREATING) {
+    /* Installed but never made live (or an older version's create that
+     * stopped between its meta file and its header): writes may have
+     * copied chunks into it that older snapshots read through it.
+     * Deleted after the chain is loaded, as a delete is. */
+    meta_problem = NULL;
+    s->delete_pending = true;
+  }
+  else if (snap_state (s) == NBDSNAP_STATE_DELETING
+           || (peek_err == 0 && hstate == BITMAP_STATE_DELETING)) {
+    /* A delete that had not moved all its chunks yet (the meta file is
+     * there): finished after the chain is loaded. */
+    meta_problem = NULL;
+    s->delete_pending = true;
+  }
+  if (meta_problem || !have_meta) {
     lost_name (e, s);
     s->id = id;
     s->created.tv_sec = 0;
     s->created.tv_nsec = 0;
   }
-  if (snap_state (s) == NBDSNAP_STATE_DELETING
-      || (peek_err == 0 && hstate == BITMAP_STATE_DELETING)) {
-    nbdsnap_debug ("finishing the deletion of snapshot %s", s->name);
-    snap_free (s);
-    snap_unlink_files (&e->sd, id);     /* reports; tried again next time */
-    return 0;
-  }
+  if (s->delete_pending)
+    s->state = NBDSNAP_STATE_DELETING;
 
   if (bitmap_open (&s->bm, e->sd.dirfd, bmname, e->nchunks) == -1) {
     if (bitmap_blank (&s->bm, e->nchunks) == -1) {
@@ -751,6 +1043,8 @@ nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
   pthread_rwlock_init (&e->chain_lock, &attr);
   pthread_rwlockattr_destroy (&attr);
+  pthread_mutex_init (&e->create_lock, NULL);
+  pthread_mutex_init (&e->job_lock, NULL);
   for (i = 0; i < CHUNK_STRIPES; ++i)
     pthread_rwlock_init (&e->stripes[i], NULL);
 
@@ -758,13 +1052,32 @@ nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
     nbdsnap_engine_close (e);
     return NULL;
   }
+  /* Deletes that did not finish (and creates that did not: the same
+   * thing).  One that fails again stays, deleting (it still holds chunks
+   * older snapshots need), and can be deleted once the cause is gone. */
+  for (s = e->oldest; s != NULL; s = next) {
+    next = s->newer;
+    if (s->delete_pending) {
+      nbdsnap_debug ("finishing the deletion of snapshot %s (id %" PRIu64
+                     ")", s->name, s->id);
+      if (finish_delete (e, s, NULL) == -1)
+        nbdsnap_error ("snapshot %s stays, deleting: its delete could not "
+                       "be finished", s->name);
+    }
+  }
+  /* Before the origin is served, and before temporary snapshots go (the
+   * target may be one). */
+  if (resume_rollback (e) == -1) {
+    nbdsnap_engine_close (e);
+    return NULL;
+  }
   /* Temporary snapshots died with the admin connection that owned them. */
   for (s = e->oldest; s != NULL; s = next) {
     next = s->newer;
-    if (s->temporary && delete_locked (e, s) == -1) {
-      nbdsnap_engine_close (e);
-      return NULL;
-    }
+    if (s->temporary && !s->delete_pending
+        && nbdsnap_snap_delete (e, s) == -1)
+      nbdsnap_error ("temporary snapshot %s could not be deleted; it "
+                     "stays, deleting", s->name);
   }
   return e;
 }
@@ -782,45 +1095,10 @@ nbdsnap_engine_close (struct nbdsnap_engine *e)
     snap_free (s);
   }
   pthread_rwlock_destroy (&e->chain_lock);
+  pthread_mutex_destroy (&e->create_lock);
+  pthread_mutex_destroy (&e->job_lock);
   for (i = 0; i < CHUNK_STRIPES; ++i)
     pthread_rwlock_destroy (&e->stripes[i]);
   statedir_close (&e->sd);
   free (e);
-}
-
-int
-nbdsnap_snap_mark_temporary (struct nbdsnap_engine *e,
-                             struct nbdsnap_snap *s)
-{
-  int r;
-
-  pthread_mutex_lock (&s->meta_lock);
-  s->temporary = true;
-  r = snap_write_meta (&e->sd, s);
-  pthread_mutex_unlock (&s->meta_lock);
-  return r;
-}
-
-/* STUBS: replaced by the background delete and rollback (issue 9). */
-int
-nbdsnap_snap_delete_progress (struct nbdsnap_engine *e,
-                              struct nbdsnap_snap *s,
-                              struct nbdsnap_progress *p)
-{
-  return nbdsnap_snap_delete (e, s);
-}
-
-int
-nbdsnap_snap_mark_deleting (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
-{
-  return nbdsnap_snap_mark_temporary (e, s);
-}
-
-int
-nbdsnap_rollback (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
-                  struct nbdsnap_progress *p)
-{
-  errno = ENOSYS;
-  nbdsnap_error ("rollback: not yet");
-  return -1;
 }

@@ -14,12 +14,13 @@
 
 #define META_MAGIC "nbdsnap-snapshot 1"
 
-static const char *state_names[] = { "live", "deleting", "invalid" };
+static const char *state_names[] = { "live", "deleting", "invalid",
+                                      "creating" };
 
 const char *
 snap_state_name (int state)
 {
-  if (state < 0 || state > NBDSNAP_STATE_INVALID)
+  if (state < 0 || state > NBDSNAP_STATE_CREATING)
     return "unknown";
   return state_names[state];
 }
@@ -77,8 +78,12 @@ int
 snap_write_meta (struct statedir *sd, struct nbdsnap_snap *s)
 {
   char name[64], buf[512];
-  int n;
+  int n, state = snap_state (s);
 
+  /* Written as a create finishes: the snapshot is live from then on (the
+   * header, which counts, still says creating until just after). */
+  if (state == NBDSNAP_STATE_CREATING)
+    state = NBDSNAP_STATE_LIVE;
   snap_file_name (name, sizeof name, s->id, "meta");
   n = snprintf (buf, sizeof buf,
                 META_MAGIC "\n"
@@ -89,7 +94,7 @@ snap_write_meta (struct statedir *sd, struct nbdsnap_snap *s)
                 "temporary %d\n"
                 "max-store %" PRIu64 "\n",
                 s->id, s->name, (long long) s->created.tv_sec,
-                s->created.tv_nsec, snap_state_name (snap_state (s)),
+                s->created.tv_nsec, snap_state_name (state),
                 s->temporary ? 1 : 0, s->max_store);
   snprintf (buf + n, sizeof buf - n, "checksum %016" PRIx64 "\n",
             meta_checksum (buf, n));
@@ -159,12 +164,18 @@ snap_read_meta (struct statedir *sd, uint64_t id, struct nbdsnap_snap *s)
   return 0;
 }
 
+/* The header state that records s's state: "deleting" once a delete
+ * is pending (whatever happens to the snapshot meanwhile, the next open
+ * finishes the delete, so it cannot be read as live again). */
 static uint32_t
-bitmap_state_of (int state)
+header_state (const struct nbdsnap_snap *s)
 {
-  switch (state) {
+  if (__atomic_load_n (&s->delete_pending, __ATOMIC_ACQUIRE))
+    return BITMAP_STATE_DELETING;
+  switch (snap_state (s)) {
   case NBDSNAP_STATE_LIVE: return BITMAP_STATE_LIVE;
   case NBDSNAP_STATE_DELETING: return BITMAP_STATE_DELETING;
+  case NBDSNAP_STATE_CREATING: return BITMAP_STATE_CREATING;
   default: return BITMAP_STATE_INVALID;
   }
 }
@@ -176,7 +187,7 @@ snap_set_state (struct nbdsnap_snap *s, enum nbdsnap_state state)
 
   pthread_mutex_lock (&s->meta_lock);
   __atomic_store_n (&s->state, state, __ATOMIC_RELEASE);
-  r = bitmap_set_state (&s->bm, bitmap_state_of (state));
+  r = bitmap_set_state (&s->bm, header_state (s));
   if (r == -1)
     nbdsnap_error ("snapshot %s: cannot record the state %s in its bitmap "
                    "header: %m", s->name, snap_state_name (state));
@@ -191,11 +202,10 @@ snap_state_durable (struct nbdsnap_snap *s)
   bool ok;
 
   /* The common case, lock-free: recorded already. */
-  if (__atomic_load_n (&s->bm.state, __ATOMIC_ACQUIRE)
-      == bitmap_state_of (snap_state (s)))
+  if (__atomic_load_n (&s->bm.state, __ATOMIC_ACQUIRE) == header_state (s))
     return true;
   pthread_mutex_lock (&s->meta_lock);
-  want = bitmap_state_of (snap_state (s));
+  want = header_state (s);
   ok = s->bm.state == want
        || (s->invalid_at_open && snap_state (s) == NBDSNAP_STATE_INVALID);
   if (!ok && bitmap_set_state (&s->bm, want) == 0)
@@ -205,6 +215,25 @@ snap_state_durable (struct nbdsnap_snap *s)
                    "header: %m", s->name, snap_state_name (snap_state (s)));
   pthread_mutex_unlock (&s->meta_lock);
   return ok;
+}
+
+int
+snap_mark_delete_pending (struct nbdsnap_snap *s)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&s->meta_lock);
+  if (!s->delete_pending) {
+    __atomic_store_n (&s->delete_pending, true, __ATOMIC_RELEASE);
+    r = bitmap_set_state (&s->bm, BITMAP_STATE_DELETING);
+    if (r == -1) {
+      nbdsnap_error ("snapshot %s: cannot record \"deleting\" in its bitmap "
+                     "header: %m", s->name);
+      __atomic_store_n (&s->delete_pending, false, __ATOMIC_RELEASE);
+    }
+  }
+  pthread_mutex_unlock (&s->meta_lock);
+  return r;
 }
 
 int

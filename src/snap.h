@@ -24,23 +24,27 @@
  * The state that counts is the one in the bitmap header, rewritten in
  * place (no free space needed) and synced whenever it changes: creating ->
  * live -> invalid and/or deleting.  The meta file's state line is what the
- * state was when the meta file was last written (at create, or when a
- * deferred delete marks it temporary); at open the worse of the two wins.
+ * state was when the meta file was last written (at create, or when open
+ * renames a snapshot); at open the worse of the two wins.
  *
- * Create writes the bitmap (state creating) and the store, syncs them,
- * then writes the meta file: its existence is what makes the snapshot
- * exist.  Then the header becomes live (synced).  Files without a meta
- * file whose bitmap says creating (or has no header yet) are leftovers of
- * a create that did not finish and are removed at open; a bitmap that
- * says live or invalid without a meta file lost its meta file, and the
- * snapshot is kept (invalid, named lost-ID): older snapshots may read
- * through its store.
+ * Create writes the bitmap (state creating) and the store, installs the
+ * snapshot (writes may copy into it from then on), makes them durable in
+ * power mode, then writes the meta file, then the header says live.  At
+ * open, a header saying creating means the create did not finish: the
+ * snapshot is removed as a delete removes it (chunks that older
+ * snapshots read through it are moved into the next older one first).
+ * Files without a meta file whose bitmap has no header yet are leftovers
+ * of a create that never installed its snapshot, removed at open; a
+ * bitmap that says live or invalid without a meta file lost its meta
+ * file, and the snapshot is kept (invalid, named lost-ID): older
+ * snapshots may read through its store.
  *
- * Delete moves the chunks that the next older snapshot needs (durably),
- * then writes "deleting" into the bitmap header (synced), then removes
- * the meta file, the store and last the bitmap, whose header says
- * "deleting" until it goes: a deleting snapshot found at open has its
- * files removed.
+ * Delete writes "deleting" into the bitmap header (synced) first, then
+ * moves the chunks that the next older snapshot needs (durably), then
+ * removes the meta file, the store and last the bitmap, whose header says
+ * "deleting" until it goes.  At open, deleting with a meta file: the move
+ * may be unfinished, so it is finished, then the files go; deleting
+ * without one: the move was done, the files go.
  */
 #ifndef NBDSNAP_SNAP_H
 #define NBDSNAP_SNAP_H
@@ -64,6 +68,14 @@ struct nbdsnap_snap {
   int state;                    /* enum nbdsnap_state; atomic.  In memory:
                                    it changes first, then the bitmap
                                    header (snap_set_state) */
+  /* A delete is pending (atomic; set under meta_lock, never cleared):
+   * the header says deleting whatever the state in memory is, so the
+   * next open finishes the delete.  Set by a deferred delete while
+   * clients still read the snapshot, and by delete itself before its
+   * state becomes deleting. */
+  bool delete_pending;
+  /* While a delete moves this snapshot's chunks (atomics, bytes). */
+  uint64_t move_done, move_total;
   /* damaged: found at open with its store or bitmap unusable (wrong size,
    * unreadable, missing): its data is never moved, and the older
    * snapshots that might read through it are invalid too.  Fixed after
@@ -120,6 +132,11 @@ extern int snap_set_state (struct nbdsnap_snap *s, enum nbdsnap_state state);
  * again.  The copy-on-write path calls this before it changes a chunk
  * that an invalid snapshot would need. */
 extern bool snap_state_durable (struct nbdsnap_snap *s);
+/* Record a pending delete: "deleting" in the header, in place and
+ * synced; the state in memory does not change (a deferred delete's
+ * snapshot is still read).  -1 if it could not be written (reported):
+ * nothing changed. */
+extern int snap_mark_delete_pending (struct nbdsnap_snap *s);
 /* Remove the snapshot's files (meta first, bitmap last) and fsync the
  * directory. */
 extern int snap_unlink_files (struct statedir *sd, uint64_t id);

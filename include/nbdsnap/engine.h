@@ -17,20 +17,30 @@
  *           admin ownership)
  *     plugin: entry->gate (plugin/registry.h, per snapshot, rwlock: data
  *             callbacks shared, force-delete exclusive)
- *     engine->chain_lock   (src/engine.c, rwlock: the list of snapshots;
- *                           origin writes and snapshot reads hold it shared,
- *                           create/delete hold it exclusive: this is how
- *                           in-flight origin writes drain at create)
- *       chunk lock stripe  (src/engine.c, rwlock per stripe of chunks:
- *                           held exclusive while a chunk is being copied,
- *                           shared while a snapshot reads it from the origin)
- *         snap->meta_lock  (src/snap.h, mutex: rewrites of the meta file
- *                           and of the bitmap header's state)
- *         group commit     (src/gcommit.c, mutex + condvar per sync target)
- *         bitmap word lock (src/bitmap.h, mutex per word stripe of one
+ *     engine->create_lock  (src/engine-internal.h, mutex: one create at a
+ *                           time, held for the whole create)
+ *       engine->job_lock   (src/engine-internal.h, mutex: one delete or
+ *                           rollback at a time, held for the whole job;
+ *                           create takes it only to undo a failed create)
+ *         engine->chain_lock (src/engine-internal.h, rwlock: the list of
+ *                           snapshots; origin writes, snapshot reads, a
+ *                           delete's chunk moves (per batch) and a
+ *                           rollback's writes hold it shared; create and
+ *                           delete hold it exclusive only to install or
+ *                           unlink a snapshot: this is how in-flight
+ *                           origin writes drain at create)
+ *           chunk lock stripe (src/engine-internal.h, rwlock per stripe
+ *                           of chunks: held exclusive while a chunk is
+ *                           being copied or moved, shared while a snapshot
+ *                           reads it from the origin)
+ *             snap->meta_lock (src/snap.h, mutex: rewrites of the meta
+ *                           file and of the bitmap header's state)
+ *             group commit  (src/gcommit.c, mutex + condvar per sync
+ *                           target)
+ *             bitmap word lock (src/bitmap.h, mutex per word stripe of one
  *                           bitmap file: compute, pwrite, store of one
  *                           word of bits; held by bitmap_or_word only)
- *         (these three are leaves: none is held while taking another)
+ *             (these three are leaves: none is held while taking another)
  *
  * No lock is taken while holding a lock below it in this list.
  */
@@ -122,6 +132,12 @@ struct nbdsnap_snap_info {
   uint64_t max_store;               /* 0 = none */
   uint64_t cow_count;               /* copy-on-writes done since open */
   uint64_t sync_ns;                 /* time spent syncing since open */
+  bool delete_pending;              /* its header says deleting (a deferred
+                                       delete: still read while its state
+                                       is live; the next open finishes the
+                                       delete if nothing does before) */
+  uint64_t progress_done;           /* bytes moved so far and to move, */
+  uint64_t progress_total;          /* while its state is deleting */
 };
 
 /* Open or create the state directory, take its lock and the image's,
@@ -192,9 +208,6 @@ extern int nbdsnap_snap_delete_progress (struct nbdsnap_engine *e,
  * memory stays as it was, and it takes copies as before, for the clients
  * still reading it.  The caller calls nbdsnap_snap_delete once they are
  * gone; if the server stops first, the next open finishes the delete. */
-/* (stub: removed with the deferred-delete rewrite) */
-extern int nbdsnap_snap_mark_temporary (struct nbdsnap_engine *e,
-                                        struct nbdsnap_snap *s);
 extern int nbdsnap_snap_mark_deleting (struct nbdsnap_engine *e,
                                        struct nbdsnap_snap *s);
 
@@ -240,6 +253,14 @@ extern int nbdsnap_snap_extents (struct nbdsnap_engine *e,
 extern int nbdsnap_snap_changes (struct nbdsnap_engine *e,
                                  struct nbdsnap_snap *s,
                                  nbdsnap_extent_fn fn, void *opaque);
+
+/* Test hook: a delete's move runs fn (opaque) after each batch of batch
+ * chunks (0: the default batch), with no lock held, on the deleting
+ * thread; fn NULL: off.  The model test runs other operations there. */
+extern void nbdsnap_engine_test_move_hook (struct nbdsnap_engine *e,
+                                           unsigned batch,
+                                           void (*fn) (void *),
+                                           void *opaque);
 
 /* Test hook: when set, a store write fails with this errno (0 = off). */
 extern void nbdsnap_engine_inject_store_error (struct nbdsnap_engine *e,

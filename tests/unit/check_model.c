@@ -10,7 +10,13 @@
  *   trim      the origin's content there is undefined after it; the model
  *             takes what the file holds (snapshots must not change)
  *   create    (sometimes temporary), up to MAXSNAPS live snapshots
- *   delete    of any snapshot, oldest, middle or newest
+ *   delete    of any snapshot, oldest, middle or newest; half of them
+ *             move their chunks in batches of 1-4 chunks with a random
+ *             handful of writes, zeroes, trims, reads, flushes and now and
+ *             then a create run between batches (the engine's move hook):
+ *             moves interleaved with the data path
+ *   rollback  to a random snapshot: the origin must read as it (an
+ *             invalid one refuses with EIO); every other snapshot stays
  *   reopen    close and open the engine (temporary snapshots vanish)
  *   inject    one write with the store-error hook on: the snapshots that
  *             needed a copy turn invalid (the model asks which), and must
@@ -47,6 +53,7 @@ struct msnap {
   char name[32];
   bool temporary;
   bool invalid;
+  bool deleting;                /* its delete is moving chunks: unread */
   struct nbdsnap_snap *s;
   unsigned char *bytes;
   /* Per chunk, since the snapshot was taken: a request that changed the
@@ -288,7 +295,7 @@ compare_all (const char *why)
   int i;
 
   for (i = 0; i < MAXSNAPS; ++i)
-    if (snaps[i].used) {
+    if (snaps[i].used && !snaps[i].deleting) {
       compare_snap (&snaps[i], why);
       check_changes (&snaps[i], why);
     }
@@ -307,6 +314,8 @@ refresh_invalid (void)
   for (i = 0; i < MAXSNAPS; ++i)
     if (snaps[i].used) {
       nbdsnap_snap_info (e, snaps[i].s, &in);
+      if (snaps[i].deleting)
+        continue;
       if (in.state == NBDSNAP_STATE_INVALID)
         snaps[i].invalid = true;
       else
@@ -438,10 +447,41 @@ op_create (void)
   compare_all ("after create");
 }
 
+static void op_create (void);
+static void op_read (void);
+
+/* Between two batches of a delete's move: a few operations of the data
+ * path (and now and then a create), as other threads would run them. */
+static void
+between_batches (void *opaque)
+{
+  int n = rnd (4);
+
+  note ("(between move batches)");
+  counts[10]++;
+  while (n-- > 0) {
+    switch (rnd (12)) {
+    case 0: case 1: case 2: case 3: op_write (false); break;
+    case 4: op_zero (); break;
+    case 5: op_trim (); break;
+    case 6:
+      note ("flush");
+      MCHECK (nbdsnap_engine_flush (e) == 0, "flush failed");
+      break;
+    case 7:
+      if (rnd (4) == 0)
+        op_create ();
+      break;
+    default: op_read (); break;
+    }
+  }
+}
+
 static void
 op_delete (void)
 {
   int i, k, pick;
+  bool interleave;
 
   if (nlive == 0)
     return;
@@ -449,15 +489,66 @@ op_delete (void)
   for (i = 0, k = 0; i < MAXSNAPS; ++i)
     if (snaps[i].used && k++ == pick)
       break;
-  note ("delete %s%s", snaps[i].name, snaps[i].invalid ? " (invalid)" : "");
+  interleave = rnd (2);
+  note ("delete %s%s%s", snaps[i].name,
+        snaps[i].invalid ? " (invalid)" : "",
+        interleave ? ", interleaved" : "");
+  if (interleave)
+    nbdsnap_engine_test_move_hook (e, rnd (4) + 1, between_batches, NULL);
+  snaps[i].deleting = true;
   MCHECK (nbdsnap_snap_delete (e, snaps[i].s) == 0, "delete %s failed: %s",
           snaps[i].name, strerror (errno));
+  snaps[i].deleting = false;
+  nbdsnap_engine_test_move_hook (e, 0, NULL, NULL);
   errno = 0;
   MCHECK (nbdsnap_snap_lookup (e, snaps[i].name) == NULL && errno == ENOENT,
           "%s still found after delete", snaps[i].name);
   snaps[i].used = false;
   nlive--;
   compare_all ("after delete");
+}
+
+static void
+op_rollback (void)
+{
+  struct chg c;
+  int i, k, pick, r;
+  uint64_t ch;
+
+  if (nlive == 0)
+    return;
+  pick = rnd (nlive);
+  for (i = 0, k = 0; i < MAXSNAPS; ++i)
+    if (snaps[i].used && k++ == pick)
+      break;
+  note ("rollback to %s%s", snaps[i].name,
+        snaps[i].invalid ? " (invalid)" : "");
+  errno = 0;
+  if (snaps[i].invalid) {
+    r = nbdsnap_rollback (e, snaps[i].s, NULL);
+    MCHECK (r == -1 && errno == EIO, "rollback to invalid %s: %d (%s)",
+            snaps[i].name, r, strerror (errno));
+    return;
+  }
+  /* What it writes: the chunks of the changes set. */
+  memset (&c, 0, sizeof c);
+  MCHECK (nbdsnap_snap_changes (e, snaps[i].s, chg_cb, &c) == 0,
+          "changes of %s", snaps[i].name);
+  r = nbdsnap_rollback (e, snaps[i].s, NULL);
+  MCHECK (r == 0, "rollback to %s failed: %s", snaps[i].name,
+          strerror (errno));
+  for (ch = 0; ch < NCHUNKS; ++ch) {
+    uint64_t off = ch * CHUNK, len = off + CHUNK > SIZE ? SIZE - off : CHUNK;
+    if (c.in[ch])
+      touch (off, len,
+             memcmp (origin + off, snaps[i].bytes + off, len) != 0);
+    else
+      MCHECK (memcmp (origin + off, snaps[i].bytes + off, len) == 0,
+              "chunk %" PRIu64 " differs from %s but is not in its "
+              "changes", ch, snaps[i].name);
+  }
+  memcpy (origin, snaps[i].bytes, SIZE);
+  compare_all ("after rollback");
 }
 
 static void
@@ -506,6 +597,8 @@ op_read (void)
   for (i = 0, k = 0; i < MAXSNAPS; ++i)
     if (snaps[i].used && k++ == pick)
       break;
+  if (snaps[i].deleting)
+    return;
   random_range (&off, &n);
   note ("read %s %u at %" PRIu64, snaps[i].name, n, off);
   errno = 0;
@@ -546,6 +639,8 @@ run (long nops)
       op_reopen (), counts[5]++;
     else if (p < 5313)
       op_write (true), counts[6]++;
+    else if (p < 5318)
+      op_rollback (), counts[9]++;
     else if (p < 5323) {
       note ("flush");
       MCHECK (nbdsnap_engine_flush (e) == 0, "flush failed");
@@ -560,10 +655,12 @@ run (long nops)
   op_reopen ();
   printf ("check_model: %s, %ld ops in %.1f s: %ld writes, %ld zeros, "
           "%ld trims, %ld creates, %ld deletes, %ld reopens, %ld injected, "
-          "%ld flushes, %ld reads; at most %d live snapshots\n",
+          "%ld flushes, %ld reads, %ld rollbacks, %ld pauses between "
+          "move batches; at most %d live snapshots\n",
           dur == NBDSNAP_DURABILITY_POWER ? "power" : "process", nops,
           now_s () - t0, counts[0], counts[1], counts[2], counts[3],
-          counts[4], counts[5], counts[6], counts[7], counts[8], max_live);
+          counts[4], counts[5], counts[6], counts[7], counts[8], counts[9],
+          counts[10], max_live);
 }
 
 static long
