@@ -822,10 +822,10 @@ begin_delete_unlocked (struct catalog *cat, struct delete_job *j)
                    en == NULL ? "does not exist" : "is being deleted");
   }
 
-  if (en->pins > 0)
+  if (en->pins > 0 && j->mode == CATALOG_DELETE_FORCE)
     return fail (CATALOG_ERR_BUSY, "snapshot %s is busy: a changes or "
-                 "rollback job is using it; try again when it is done",
-                 j->name);
+                 "rollback job is using it (--force cannot revoke a job); "
+                 "try again when it is done, or use --defer", j->name);
   j->en = en;
   j->snap = en->snap;
   j->prev_state = en->state;
