@@ -256,7 +256,8 @@ extern enum catalog_err catalog_release (struct catalog *cat, uint64_t owner,
 extern void catalog_owner_closed (struct catalog *cat, uint64_t owner);
 
 /* nbdsnap_snap_changes of a live snapshot, which cannot be deleted
- * meanwhile.  NOT_FOUND, SYSTEM. */
+ * meanwhile (a deferred delete waits for it).  fn runs under the engine's
+ * locks: it must not call the catalog.  NOT_FOUND, SYSTEM. */
 extern enum catalog_err catalog_changes (struct catalog *cat,
                                          const char *name,
                                          nbdsnap_extent_fn fn, void *opaque);
