@@ -17,20 +17,27 @@
  *   in .cleanup, before the engine closes.
  *
  * - Export routing: "" is the origin, read/write; any other name is a
- *   snapshot, read-only, looked up in the registry (plugin/registry.c),
- *   which counts the handle as a client of the snapshot (busy) until
- *   .close.  An unknown name is refused in .open with a message naming it.
+ *   snapshot, read-only.  .open opens a handle in the snapshot catalog
+ *   (src/catalog.h), which counts it as a client of the snapshot (busy)
+ *   until .close, and refuses unknown, creating and deleting snapshots
+ *   (and the origin while a rollback runs) with a message naming them.
  *
- * - The data callbacks are thin: origin writes, zeroes and trims go to the
- *   engine (copy-on-write first, then the origin); origin reads go to the
- *   origin layer; snapshot reads and extents go to the engine inside
- *   registry_enter/registry_leave, the gate that delete --force revokes
- *   (later requests fail with ESHUTDOWN).  Each sets errno and reports
- *   once.  Bytes and requests are counted per connection for "clients".
- *   Those two are the only callbacks that read the engine snapshot
- *   (h->snap->snap); everything else a snapshot handle answers comes from
- *   what .open copied (the description) or from the origin (the size),
- *   so a forced delete cannot free it underneath.
+ * - The data callbacks are thin, and every one of them (origin or
+ *   snapshot, reads, writes, zero, trim, flush, cache, extents) runs
+ *   between catalog_enter and catalog_leave, the handle's own gate that
+ *   delete --force (snapshots) and rollback --force (the origin) revoke:
+ *   later requests fail with ESHUTDOWN, requests inside finish first.
+ *   Origin writes, zeroes and trims go to the engine (copy-on-write first,
+ *   then the origin); origin reads go to the origin layer; snapshot reads
+ *   and extents go to the engine.  Each sets errno and reports once.
+ *   Bytes and requests are counted per handle for "clients".
+ *
+ * - Who reads catalog state: only the data callbacks read the engine
+ *   snapshot (catalog_conn_snap), inside the gate.  .export_description
+ *   uses the description .open copied (or the revoked one), .get_size the
+ *   origin, .list_exports a copy of the catalog's list (catalog_list,
+ *   under the catalog lock): none of them can see a snapshot that a forced
+ *   delete frees.  The can_* callbacks use only what .open fixed.
  *
  * - Messages from src/ go through nbdsnap_set_log_handlers () to
  *   nbdkit_verror / nbdkit_vdebug, installed in .load.
@@ -60,8 +67,10 @@
 /* The base image; opened in .config_complete, closed in .unload. */
 static struct nbdsnap_origin origin = { .fd = -1 };
 
-/* The snapshot engine; opened in .get_ready, closed in .cleanup. */
+/* The snapshot engine and its catalog; opened in .get_ready, closed in
+ * .cleanup. */
 static struct nbdsnap_engine *engine;
+static struct catalog *catalog;
 
 /* "origin: PATH", interned once in .get_ready (it lives until .unload),
  * not once per NBD_OPT_INFO. */
@@ -71,8 +80,9 @@ static const char *origin_description_rw, *origin_description_ro;
 
 /* Per connection. */
 struct handle {
-  struct conn *conn;            /* registry record: export, peer, counters */
-  struct snap_entry *snap;      /* NULL for the origin */
+  struct catalog_conn *conn;    /* export, peer, gate, counters */
+  struct nbdsnap_snap *snap;    /* NULL for the origin; read only between
+                                   catalog_enter and catalog_leave */
   bool readonly;                /* nbdkit -r, the image is read-only, or a
                                    snapshot */
 };
@@ -162,9 +172,10 @@ nbdsnap_get_ready (void)
   engine = nbdsnap_engine_open (&ec);
   if (engine == NULL)
     return -1;
-  if (registry_init (engine, origin.readonly) == -1)
+  catalog = catalog_new (engine, origin.readonly);
+  if (catalog == NULL)
     return -1;
-  admin_set_ops (&registry_admin_ops);
+  admin_set_ops (registry_admin_ops (catalog));
   return admin_bind (nbdsnap_cfg.admin);
 }
 
@@ -178,7 +189,8 @@ static void
 nbdsnap_cleanup (void)
 {
   admin_stop ();                /* releases holds, temporary snapshots */
-  registry_free ();
+  catalog_free (catalog);       /* stops the reaper */
+  catalog = NULL;
   nbdsnap_engine_close (engine);
   engine = NULL;
 }
@@ -193,6 +205,7 @@ static void *
 nbdsnap_open (int readonly)
 {
   const char *name = nbdkit_export_name ();
+  char peer[CATALOG_PEER_MAX];
   struct handle *h;
 
   if (name == NULL)
@@ -203,12 +216,13 @@ nbdsnap_open (int readonly)
     return NULL;
   }
   h->readonly = readonly || origin.readonly || name[0] != '\0';
-  h->conn = registry_conn_open (name, h->readonly);
-  if (h->conn == NULL) {        /* unknown snapshot: reported */
+  registry_peer_string (peer, sizeof peer);
+  h->conn = catalog_conn_open (catalog, name, h->readonly, peer);
+  if (h->conn == NULL) {        /* reported */
     free (h);
     return NULL;
   }
-  h->snap = h->conn->entry;
+  h->snap = catalog_conn_snap (h->conn);
   return h;
 }
 
@@ -217,7 +231,7 @@ nbdsnap_close (void *handle)
 {
   struct handle *h = handle;
 
-  registry_conn_close (h->conn);
+  catalog_conn_close (catalog, h->conn);
   free (h);
 }
 
@@ -225,21 +239,23 @@ static int
 nbdsnap_list_exports (int readonly, int is_tls,
                       struct nbdkit_exports *exports)
 {
-  return registry_list_exports (exports,
+  return registry_list_exports (catalog, exports,
                                  readonly || origin.readonly
                                  ? origin_description_ro
                                  : origin_description_rw);
 }
 
-/* Never from h->snap->snap: a forced delete may free it at any moment
- * (see registry.h); the snapshot's description was copied at .open. */
+/* Never from the engine snapshot: a forced delete may free it at any
+ * moment; the snapshot's description was copied at .open (or says the
+ * handle is revoked). */
 static const char *
 nbdsnap_export_description (void *handle)
 {
   struct handle *h = handle;
+  const char *d = catalog_conn_description (h->conn);
 
-  if (h->snap)
-    return registry_conn_description (h->conn);
+  if (d)
+    return d;
   return h->readonly ? origin_description_ro : origin_description_rw;
 }
 
@@ -344,19 +360,12 @@ nbdsnap_can_multi_conn (void *handle)
   return 1;
 }
 
-static void
-count_io (struct handle *h, uint64_t *bytes, uint64_t *reqs, uint32_t count)
-{
-  __atomic_fetch_add (bytes, count, __ATOMIC_RELAXED);
-  __atomic_fetch_add (reqs, 1, __ATOMIC_RELAXED);
-}
-
 /* Defensive: nbdkit refuses writes to a read-only export itself. */
 static int
 refuse_write (struct handle *h)
 {
   nbdkit_error ("export \"%s\" is a snapshot: it is read-only",
-                h->conn->export);
+                catalog_conn_export (h->conn));
   errno = EROFS;
   return -1;
 }
@@ -368,16 +377,15 @@ nbdsnap_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
   struct handle *h = handle;
   int r;
 
+  if (catalog_enter (h->conn) == -1)
+    return -1;
   if (h->snap == NULL)
     r = nbdsnap_origin_pread (&origin, buf, count, offset);
-  else {
-    if (registry_enter (h->snap) == -1)
-      return -1;
-    r = nbdsnap_snap_pread (engine, h->snap->snap, buf, count, offset);
-    registry_leave (h->snap);
-  }
+  else
+    r = nbdsnap_snap_pread (engine, h->snap, buf, count, offset);
+  catalog_leave (h->conn);
   if (r == 0)
-    count_io (h, &h->conn->bytes_read, &h->conn->reads, count);
+    catalog_conn_count (h->conn, false, count);
   return r;
 }
 
@@ -390,10 +398,13 @@ nbdsnap_pwrite (void *handle, const void *buf, uint32_t count,
 
   if (h->snap)
     return refuse_write (h);
+  if (catalog_enter (h->conn) == -1)
+    return -1;
   r = nbdsnap_engine_pwrite (engine, buf, count, offset,
                              flags & NBDKIT_FLAG_FUA);
+  catalog_leave (h->conn);
   if (r == 0)
-    count_io (h, &h->conn->bytes_written, &h->conn->writes, count);
+    catalog_conn_count (h->conn, true, count);
   return r;
 }
 
@@ -405,12 +416,15 @@ nbdsnap_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 
   if (h->snap)
     return refuse_write (h);
+  if (catalog_enter (h->conn) == -1)
+    return -1;
   r = nbdsnap_engine_zero (engine, count, offset,
                            flags & NBDKIT_FLAG_MAY_TRIM,
                            flags & NBDKIT_FLAG_FUA,
                            flags & NBDKIT_FLAG_FAST_ZERO);
+  catalog_leave (h->conn);
   if (r == 0)
-    count_io (h, &h->conn->bytes_written, &h->conn->writes, count);
+    catalog_conn_count (h->conn, true, count);
   return r;
 }
 
@@ -422,9 +436,12 @@ nbdsnap_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 
   if (h->snap)
     return refuse_write (h);
+  if (catalog_enter (h->conn) == -1)
+    return -1;
   r = nbdsnap_engine_trim (engine, count, offset, flags & NBDKIT_FLAG_FUA);
+  catalog_leave (h->conn);
   if (r == 0)
-    count_io (h, &h->conn->bytes_written, &h->conn->writes, count);
+    catalog_conn_count (h->conn, true, count);
   return r;
 }
 
@@ -432,14 +449,28 @@ nbdsnap_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 static int
 nbdsnap_flush (void *handle, uint32_t flags)
 {
-  return nbdsnap_engine_flush (engine);
+  struct handle *h = handle;
+  int r;
+
+  if (catalog_enter (h->conn) == -1)
+    return -1;
+  r = nbdsnap_engine_flush (engine);
+  catalog_leave (h->conn);
+  return r;
 }
 
 static int
 nbdsnap_cache (void *handle, uint32_t count, uint64_t offset,
                uint32_t flags)
 {
-  return nbdsnap_origin_cache (&origin, count, offset);
+  struct handle *h = handle;
+  int r;
+
+  if (catalog_enter (h->conn) == -1)
+    return -1;
+  r = nbdsnap_origin_cache (&origin, count, offset);
+  catalog_leave (h->conn);
+  return r;
 }
 
 struct extents_ctx {
@@ -469,13 +500,14 @@ nbdsnap_extents (void *handle, uint32_t count, uint64_t offset,
   };
   int r;
 
-  if (h->snap == NULL)
-    return nbdsnap_origin_extents (&origin, offset, count, add_extent, &ctx);
-  if (registry_enter (h->snap) == -1)
+  if (catalog_enter (h->conn) == -1)
     return -1;
-  r = nbdsnap_snap_extents (engine, h->snap->snap, offset, count,
-                            add_extent, &ctx);
-  registry_leave (h->snap);
+  if (h->snap == NULL)
+    r = nbdsnap_origin_extents (&origin, offset, count, add_extent, &ctx);
+  else
+    r = nbdsnap_snap_extents (engine, h->snap, offset, count, add_extent,
+                              &ctx);
+  catalog_leave (h->conn);
   return r;
 }
 

@@ -1,17 +1,26 @@
 /* nbdsnap plugin: the admin operations (struct admin_ops, plugin/admin.h)
- * on the registry and the engine.
+ * as JSON formatting over the snapshot catalog (src/catalog.h).
  *
  * Notes on the design
  *
- * Called from the admin thread only, one at a time; each takes
- * registry_lock for its whole length (see registry.h).
+ * The catalog owns every piece of state and its lock; this file keeps
+ * only the catalog pointer, set once by registry_admin_ops () before the
+ * admin loop starts.  Each operation is one catalog call (two for stats)
+ * and the formatting of its answer.
  *
- * Ownership (ZFS zfs_onexit): each hold and each temporary snapshot is an
- * `owned' record (registry.h) naming the admin connection that made it.
- * conn_closed takes that connection's records: holds are dropped,
- * temporary snapshots deleted, deferred if clients still read them.  A
- * deferred delete marks the snapshot temporary on disk, so a restart
- * finishes it.
+ * Threads (plugin/admin.h): create, delete, rollback and changes are jobs,
+ * called on worker threads; the catalog drops its lock around their engine
+ * calls.  list, info, clients, hold, release, stats and conn_closed run on
+ * the admin thread: their catalog calls only copy or mark state under the
+ * catalog lock, which no job holds across an engine call, so they never
+ * wait for a job or for an NBD client.  A delete due when a release or a
+ * closing admin connection drops the last user is done by the catalog's
+ * reaper thread, not here.
+ *
+ * Errors: a refused catalog call returns its kind (enum catalog_err), which
+ * maps to one protocol kind; CATALOG_ERR_SYSTEM maps through errno.  The
+ * message is the one the catalog or the engine reported in this thread
+ * (nbdsnap_last_error), cleared before each call.
  */
 #include <config.h>
 
@@ -28,14 +37,29 @@
 #include "nbdsnap/err.h"
 #include "registry.h"
 
-/* Why an engine call failed, for the admin client: the engine's own
- * message (which says what to do), else strerror.  The caller cleared it
- * with nbdsnap_clear_error () before the call. */
-static const char *
-cause (int err)
+/* Set once before the admin loop starts, read-only afterwards. */
+static struct catalog *cat;
+
+/* The answer to a refused catalog call: its kind, with the message
+ * reported in this thread (prefixed with what for engine failures). */
+static json_t *
+refused (enum catalog_err err, int errnum, const char *what)
 {
   const char *m = nbdsnap_last_error ();
-  return m[0] ? m : strerror (err);
+  enum proto_err kind;
+
+  switch (err) {
+  case CATALOG_ERR_NOT_FOUND: kind = PROTO_ERR_NOT_FOUND; break;
+  case CATALOG_ERR_NOT_HELD:  kind = PROTO_ERR_NOT_HELD; break;
+  case CATALOG_ERR_EXISTS:    kind = PROTO_ERR_EXISTS; break;
+  case CATALOG_ERR_BUSY:      kind = PROTO_ERR_BUSY; break;
+  case CATALOG_ERR_LIMIT:     kind = PROTO_ERR_LIMIT; break;
+  case CATALOG_ERR_READONLY:  kind = PROTO_ERR_READONLY; break;
+  default:
+    return proto_error_errno (errnum, "%s: %s", what,
+                              m[0] ? m : strerror (errnum));
+  }
+  return proto_error (kind, errnum, "%s", m[0] ? m : strerror (errnum));
 }
 
 static void
@@ -48,29 +72,47 @@ rfc3339 (const struct timespec *ts, char *buf, size_t n)
 }
 
 static json_t *
-snap_json (struct snap_entry *en)
+done_total (uint64_t done, uint64_t total)
 {
-  struct nbdsnap_snap_info info;
-  char when[32];
+  return json_pack ("{s:I, s:I}", "done", (json_int_t) done,
+                    "total", (json_int_t) total);
+}
 
-  nbdsnap_snap_info (registry_engine, en->snap, &info);
-  rfc3339 (&info.created, when, sizeof when);
-  return json_pack ("{s:s, s:I, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I,"
-                    " s:I, s:I, s:I}",
-                    "name", info.name,
-                    "id", (json_int_t) info.id,
-                    "created", when,
-                    "state", info.state == NBDSNAP_STATE_INVALID
-                    ? "invalid" : en->hidden ? "deleting" : "live",
-                    "temporary", info.temporary,
-                    "clients", (json_int_t) en->clients,
-                    "holds", (json_int_t) en->holds,
-                    "chunks_candidate", (json_int_t) info.chunks_candidate,
-                    "chunks_copied", (json_int_t) info.chunks_copied,
-                    "store_bytes", (json_int_t) info.store_bytes,
-                    "max_store", (json_int_t) info.max_store,
-                    "cow_count", (json_int_t) info.cow_count,
-                    "sync_ns", (json_int_t) info.sync_ns);
+/* SNAP of include/nbdsnap/admin.h. */
+static json_t *
+snap_json (const struct catalog_snap *s)
+{
+  const struct nbdsnap_snap_info *info = &s->info;
+  char when[32];
+  json_t *r;
+
+  rfc3339 (&info->created, when, sizeof when);
+  r = json_pack ("{s:s, s:I, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I,"
+                 " s:I, s:I, s:I}",
+                 "name", info->name,
+                 "id", (json_int_t) info->id,
+                 "created", when,
+                 "state", catalog_state_name (s->state),
+                 "temporary", info->temporary,
+                 "clients", (json_int_t) s->clients,
+                 "holds", (json_int_t) s->holds,
+                 "chunks_candidate", (json_int_t) info->chunks_candidate,
+                 "chunks_copied", (json_int_t) info->chunks_copied,
+                 "store_bytes", (json_int_t) info->store_bytes,
+                 "max_store", (json_int_t) info->max_store,
+                 "cow_count", (json_int_t) info->cow_count,
+                 "sync_ns", (json_int_t) info->sync_ns);
+  if (r == NULL)
+    return NULL;
+  if (s->state == CATALOG_STATE_DELETING)
+    json_object_set_new (r, "deferred", json_boolean (s->deferred));
+  if (s->moving)
+    json_object_set_new (r, "progress",
+                         done_total (s->progress_done, s->progress_total));
+  if (s->rollback)
+    json_object_set_new (r, "rollback",
+                         done_total (s->rollback_done, s->rollback_total));
+  return r;
 }
 
 static json_t *
@@ -88,218 +130,126 @@ ok_with (const char *key, json_t *value)
 }
 
 static json_t *
-not_found (const char *name)
-{
-  return proto_error (PROTO_ERR_NOT_FOUND, ENOENT,
-                      "snapshot %s does not exist", name);
-}
-
-/* A visible snapshot by name, or NULL. */
-static struct snap_entry *
-find_visible (const char *name)
-{
-  struct snap_entry *en = registry_find (name);
-
-  return en && !en->hidden ? en : NULL;
-}
-
-/* Holds and temporary snapshots one admin connection may own: enough for
- * any script, and a bound on the memory a client can make us keep. */
-#define MAX_OWNED_PER_CONN 1024
-
-static json_t *
-limit_error (void)
-{
-  return proto_error (PROTO_ERR_LIMIT, EAGAIN,
-                      "this connection already owns %d pins and temporary "
-                      "snapshots, the most one connection may",
-                      MAX_OWNED_PER_CONN);
-}
-
-static int
-owned_count (uint64_t conn)
-{
-  struct owned *o;
-  int n = 0;
-
-  for (o = registry_owned; o != NULL; o = o->next)
-    n += o->conn == conn;
-  return n;
-}
-
-static json_t *
 op_create (uint64_t conn, const char *name, bool temporary)
 {
-  struct nbdsnap_snap *s;
-  struct snap_entry *en;
+  struct catalog_snap s;
+  enum catalog_err err;
+
+  nbdsnap_clear_error ();
+  err = catalog_create (cat, conn, name, temporary, &s);
+  if (err != CATALOG_OK)
+    return refused (err, errno, "create");
+  return ok_with ("snapshot", snap_json (&s));
+}
+
+static json_t *
+op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode,
+           struct nbdsnap_progress *p)
+{
+  struct catalog_delete_result res;
+  enum catalog_err err;
   json_t *r;
 
-  if (registry_readonly)
-    return proto_error (PROTO_ERR_READONLY, EROFS,
-                        "the origin is read-only (nbdkit -r or an image "
-                        "opened read-only): it cannot change, so there is "
-                        "nothing to snapshot");
-  pthread_mutex_lock (&registry_lock);
-  en = registry_find (name);
-  if (en != NULL) {
-    /* A snapshot deleted with --defer is no longer listed, but the
-     * engine keeps its name until its last client goes: say so, or
-     * "exists" contradicts "list" and "info". */
-    r = en->hidden
-      ? proto_error (PROTO_ERR_EXISTS, EEXIST,
-                     "snapshot %s is being deleted (deferred) and still "
-                     "in use (%u client(s), %u hold(s)): its name is free "
-                     "once they are gone", name, en->clients, en->holds)
-      : proto_error (PROTO_ERR_EXISTS, EEXIST,
-                     "snapshot %s already exists", name);
-    pthread_mutex_unlock (&registry_lock);
-    return r;
-  }
-  if (temporary && owned_count (conn) >= MAX_OWNED_PER_CONN) {
-    pthread_mutex_unlock (&registry_lock);
-    return limit_error ();
-  }
   nbdsnap_clear_error ();
-  s = nbdsnap_snap_create (registry_engine, name, temporary);
-  if (s == NULL) {
-    int err = errno;
-    pthread_mutex_unlock (&registry_lock);
-    return proto_error_errno (err, "create %s: %s", name, cause (err));
-  }
-  en = registry_add (s);
-  if (en && temporary)
-    registry_owned_add (conn, en, true);
-  r = en ? ok_with ("snapshot", snap_json (en)) : NULL;
-  pthread_mutex_unlock (&registry_lock);
+  err = catalog_delete (cat, conn, name,
+                        mode == PROTO_DELETE_FORCE ? CATALOG_DELETE_FORCE
+                        : mode == PROTO_DELETE_DEFER ? CATALOG_DELETE_DEFER
+                        : CATALOG_DELETE_NOW,
+                        p, admin_job_accepted, &res);
+  if (err != CATALOG_OK)
+    return refused (err, errno, "delete");
+  r = proto_ok ();
+  if (r)
+    json_object_update_new (r, json_pack ("{s:s, s:b, s:I, s:I}",
+                                          "name", name,
+                                          "deferred", res.deferred,
+                                          "revoked", (json_int_t) res.revoked,
+                                          "moved_bytes",
+                                          (json_int_t) res.moved_bytes));
   return r;
 }
 
-#define BUSY_GRACE_SECONDS 1
+static json_t *
+names_json (char (*names)[NBDSNAP_NAME_MAX + 1], size_t n)
+{
+  json_t *arr = json_array ();
+  size_t i;
+
+  for (i = 0; arr && i < n; ++i)
+    json_array_append_new (arr, json_string (names[i]));
+  return arr;
+}
 
 static json_t *
-op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode)
+op_rollback (uint64_t conn, const char *name, bool force, bool destroy_newer,
+             struct nbdsnap_progress *p)
 {
-  struct snap_entry *en;
-  json_t *r = NULL;
-  unsigned revoked = 0;
-  bool deferred = false;
+  struct catalog_rollback_result res;
+  enum catalog_err err;
+  json_t *r;
 
   nbdsnap_clear_error ();
-  pthread_mutex_lock (&registry_lock);
-  /* --force also finds a snapshot hidden by an earlier --defer: it is how
-   * to get rid of one whose last client does not go away. */
-  en = mode == PROTO_DELETE_FORCE ? registry_find (name)
-    : find_visible (name);
-  if (en == NULL) {
-    r = not_found (name);
-    goto out;
-  }
-  /* A client that has just disconnected (nbdcopy ... && nbdsnapctl
-   * delete) may not be unregistered yet: give connections that are closing
-   * up to BUSY_GRACE_SECONDS before answering busy. */
-  if (mode == PROTO_DELETE_NOW && en->holds == 0 && en->clients > 0) {
-    struct timespec deadline;
-
-    clock_gettime (CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += BUSY_GRACE_SECONDS;
-    while (en != NULL && en->clients > 0 && en->holds == 0
-           && pthread_cond_timedwait (&registry_cond, &registry_lock,
-                                      &deadline) == 0)
-      en = find_visible (name);
-    if (en == NULL) {
-      r = not_found (name);
-      goto out;
-    }
-  }
-  if (en->clients + en->holds > 0) {
-    switch (mode) {
-    case PROTO_DELETE_NOW:
-      r = proto_error (PROTO_ERR_BUSY, EBUSY,
-                       "snapshot %s is busy: %u client(s) connected, %u "
-                       "hold(s); use --defer or --force", name,
-                       en->clients, en->holds);
-      goto out;
-    case PROTO_DELETE_DEFER:
-      if (nbdsnap_snap_mark_deleting (registry_engine, en->snap) == -1) {
-        r = proto_error_errno (errno, "delete %s: %s", name,
-                               cause (errno));
-        goto out;
-      }
-      en->hidden = true;
-      deferred = true;
-      break;
-    case PROTO_DELETE_FORCE:
-      if (en->clients == 0)     /* only holds: nothing to revoke */
-        goto delete_now;
-      /* Revoke: new requests fail, requests inside drain. */
-      __atomic_store_n (&en->revoked, true, __ATOMIC_RELEASE);
-      pthread_rwlock_wrlock (&en->gate);
-      revoked = en->clients;
-      if (registry_delete_entry (en) == -1) {
-        int err = errno;
-        __atomic_store_n (&en->revoked, false, __ATOMIC_RELEASE);
-        pthread_rwlock_unlock (&en->gate);
-        r = proto_error_errno (err, "delete %s: %s", name, cause (err));
-        goto out;
-      }
-      /* The entry stays, empty, until its last handle closes. */
-      pthread_rwlock_unlock (&en->gate);
-      break;
-    }
-  }
-  else {
-  delete_now:
-    if (registry_delete_entry (en) == -1) {
-      r = proto_error_errno (errno, "delete %s: %s", name, cause (errno));
-      goto out;
-    }
-  }
+  err = catalog_rollback (cat, conn, name, force, destroy_newer, p,
+                          admin_job_accepted, &res);
+  if (err != CATALOG_OK)
+    return refused (err, errno, "rollback");
   r = proto_ok ();
   if (r)
-    json_object_update_new (r, json_pack ("{s:s, s:b, s:I}", "name", name,
-                                          "deferred", deferred,
-                                          "revoked", (json_int_t) revoked));
- out:
-  pthread_mutex_unlock (&registry_lock);
+    json_object_update_new (r, json_pack (
+      "{s:s, s:I, s:I, s:o, s:o}",
+      "name", name,
+      "rolled_back_bytes", (json_int_t) res.rolled_back_bytes,
+      "revoked", (json_int_t) res.revoked,
+      "destroyed", names_json (res.destroyed, res.ndestroyed),
+      "kept", names_json (res.kept, res.nkept)));
+  catalog_rollback_result_free (&res);
   return r;
 }
 
 static json_t *
 op_list (uint64_t conn)
 {
-  struct snap_entry *en;
-  json_t *arr = json_array ();
+  struct catalog_snap *list;
+  json_t *arr;
+  ssize_t n, i;
 
-  pthread_mutex_lock (&registry_lock);
-  for (en = registry_entries; en != NULL && arr; en = en->next)
-    if (en->snap != NULL && !en->hidden)
-      json_array_append_new (arr, snap_json (en));
-  pthread_mutex_unlock (&registry_lock);
+  n = catalog_list (cat, &list);
+  if (n == -1)
+    return NULL;
+  arr = json_array ();
+  for (i = 0; arr && i < n; ++i)
+    json_array_append_new (arr, snap_json (&list[i]));
+  free (list);
   return ok_with ("snapshots", arr);
 }
 
 static json_t *
 op_info (uint64_t conn, const char *name)
 {
-  struct snap_entry *en;
-  json_t *r;
+  struct catalog_snap s;
+  enum catalog_err err;
 
-  pthread_mutex_lock (&registry_lock);
-  en = find_visible (name);
-  r = en ? ok_with ("snapshot", snap_json (en)) : not_found (name);
-  pthread_mutex_unlock (&registry_lock);
-  return r;
+  nbdsnap_clear_error ();
+  err = catalog_info (cat, name, &s);
+  if (err != CATALOG_OK)
+    return refused (err, errno, "info");
+  return ok_with ("snapshot", snap_json (&s));
 }
 
 static json_t *
 op_clients (uint64_t conn)
 {
-  struct conn *c;
-  json_t *arr = json_array ();
+  struct catalog_client *list;
+  json_t *arr;
   char when[32];
+  ssize_t n, i;
 
-  pthread_mutex_lock (&registry_lock);
-  for (c = registry_conns; c != NULL && arr; c = c->next) {
+  n = catalog_clients (cat, &list);
+  if (n == -1)
+    return NULL;
+  arr = json_array ();
+  for (i = 0; arr && i < n; ++i) {
+    const struct catalog_client *c = &list[i];
     rfc3339 (&c->started, when, sizeof when);
     json_array_append_new (arr, json_pack (
       "{s:I, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:b, s:b}",
@@ -307,83 +257,48 @@ op_clients (uint64_t conn)
       "export", c->export,
       "peer", c->peer,
       "started", when,
-      "bytes_read", (json_int_t) __atomic_load_n (&c->bytes_read,
-                                                  __ATOMIC_RELAXED),
-      "bytes_written", (json_int_t) __atomic_load_n (&c->bytes_written,
-                                                     __ATOMIC_RELAXED),
-      "reads", (json_int_t) __atomic_load_n (&c->reads, __ATOMIC_RELAXED),
-      "writes", (json_int_t) __atomic_load_n (&c->writes, __ATOMIC_RELAXED),
+      "bytes_read", (json_int_t) c->bytes_read,
+      "bytes_written", (json_int_t) c->bytes_written,
+      "reads", (json_int_t) c->reads,
+      "writes", (json_int_t) c->writes,
       "readonly", c->readonly,
-      "revoked", c->entry && c->entry->revoked));
+      "revoked", c->revoked));
   }
-  pthread_mutex_unlock (&registry_lock);
+  free (list);
   return ok_with ("clients", arr);
 }
 
 static json_t *
-holds_reply (struct snap_entry *en)
+holds_reply (const char *name, unsigned holds)
 {
-  return json_pack ("{s:b, s:s, s:I}", "ok", 1, "name", en->name,
-                    "holds", (json_int_t) en->holds);
+  return json_pack ("{s:b, s:s, s:I}", "ok", 1, "name", name,
+                    "holds", (json_int_t) holds);
 }
 
 static json_t *
 op_hold (uint64_t conn, const char *name)
 {
-  struct snap_entry *en;
-  json_t *r;
+  enum catalog_err err;
+  unsigned holds;
 
-  pthread_mutex_lock (&registry_lock);
-  en = find_visible (name);
-  if (en == NULL)
-    r = not_found (name);
-  else if (owned_count (conn) >= MAX_OWNED_PER_CONN)
-    r = limit_error ();
-  else if (registry_owned_add (conn, en, false) == -1)
-    r = NULL;
-  else {
-    en->holds++;
-    r = holds_reply (en);
-  }
-  pthread_mutex_unlock (&registry_lock);
-  return r;
-}
-
-/* Drop one hold of conn on en; false if conn holds none. */
-static bool
-drop_hold (uint64_t conn, struct snap_entry *en)
-{
-  struct owned **p, *o;
-
-  for (p = &registry_owned; (o = *p) != NULL; p = &o->next)
-    if (o->conn == conn && o->en == en && !o->temporary) {
-      *p = o->next;
-      free (o);
-      en->holds--;
-      return true;
-    }
-  return false;
+  nbdsnap_clear_error ();
+  err = catalog_hold (cat, conn, name, &holds);
+  if (err != CATALOG_OK)
+    return refused (err, errno, "hold");
+  return holds_reply (name, holds);
 }
 
 static json_t *
 op_release (uint64_t conn, const char *name)
 {
-  struct snap_entry *en;
-  json_t *r;
+  enum catalog_err err;
+  unsigned holds;
 
-  pthread_mutex_lock (&registry_lock);
-  en = registry_find (name);
-  if (en == NULL)
-    r = not_found (name);
-  else if (!drop_hold (conn, en))
-    r = proto_error (PROTO_ERR_NOT_HELD, ENOENT,
-                     "this connection holds no pin on snapshot %s", name);
-  else {
-    r = holds_reply (en);
-    registry_maybe_finish (en);
-  }
-  pthread_mutex_unlock (&registry_lock);
-  return r;
+  nbdsnap_clear_error ();
+  err = catalog_release (cat, conn, name, &holds);
+  if (err != CATALOG_OK)
+    return refused (err, errno, "release");
+  return holds_reply (name, holds);
 }
 
 struct changes_ctx {
@@ -406,31 +321,28 @@ add_change (void *opaque, uint64_t offset, uint64_t length, bool hole)
 static json_t *
 op_changes (uint64_t conn, const char *name)
 {
-  struct snap_entry *en;
+  struct nbdsnap_engine *e = catalog_engine (cat);
   struct changes_ctx ctx = { .arr = json_array () };
+  enum catalog_err err;
   json_t *r = NULL;
 
-  pthread_mutex_lock (&registry_lock);
-  en = find_visible (name);
-  if (en == NULL)
-    r = not_found (name);
-  else if (ctx.arr == NULL)
-    ;
-  else if (nbdsnap_snap_changes (registry_engine, en->snap, add_change,
-                                 &ctx) == -1)
-    r = proto_error_errno (errno, "changes %s: %s", name, strerror (errno));
+  if (ctx.arr == NULL)
+    return NULL;
+  nbdsnap_clear_error ();
+  err = catalog_changes (cat, name, add_change, &ctx);
+  if (err != CATALOG_OK)
+    r = refused (err, errno, "changes");
   else {
     r = proto_ok ();
     if (r)
       json_object_update_new (r, json_pack (
         "{s:s, s:I, s:I, s:I, s:O}",
         "name", name,
-        "size", (json_int_t) nbdsnap_engine_size (registry_engine),
-        "chunk_size", (json_int_t) nbdsnap_engine_chunk_size (registry_engine),
+        "size", (json_int_t) nbdsnap_engine_size (e),
+        "chunk_size", (json_int_t) nbdsnap_engine_chunk_size (e),
         "changed_bytes", (json_int_t) ctx.total,
         "extents", ctx.arr));
   }
-  pthread_mutex_unlock (&registry_lock);
   json_decref (ctx.arr);
   return r;
 }
@@ -438,30 +350,32 @@ op_changes (uint64_t conn, const char *name)
 static json_t *
 op_stats (uint64_t conn)
 {
-  struct snap_entry *en;
-  struct conn *c;
-  uint64_t nsnaps = 0, nclients = 0, copied = 0, cows = 0, store = 0;
-  uint64_t sync_ns = 0, rd = 0, wr = 0;
-  struct nbdsnap_snap_info info;
+  struct catalog_snap *snaps;
+  struct catalog_client *clients;
+  uint64_t copied = 0, cows = 0, store = 0, sync_ns = 0, rd = 0, wr = 0;
+  ssize_t nsnaps, nclients, i;
   json_t *r;
 
-  pthread_mutex_lock (&registry_lock);
-  for (en = registry_entries; en != NULL; en = en->next) {
-    if (en->snap == NULL)
-      continue;
-    nsnaps++;
-    nbdsnap_snap_info (registry_engine, en->snap, &info);
-    copied += info.chunks_copied;
-    cows += info.cow_count;
-    store += info.store_bytes;
-    sync_ns += info.sync_ns;
+  nsnaps = catalog_list (cat, &snaps);
+  if (nsnaps == -1)
+    return NULL;
+  nclients = catalog_clients (cat, &clients);
+  if (nclients == -1) {
+    free (snaps);
+    return NULL;
   }
-  for (c = registry_conns; c != NULL; c = c->next) {
-    nclients++;
-    rd += __atomic_load_n (&c->bytes_read, __ATOMIC_RELAXED);
-    wr += __atomic_load_n (&c->bytes_written, __ATOMIC_RELAXED);
+  for (i = 0; i < nsnaps; ++i) {
+    copied += snaps[i].info.chunks_copied;
+    cows += snaps[i].info.cow_count;
+    store += snaps[i].info.store_bytes;
+    sync_ns += snaps[i].info.sync_ns;
   }
-  pthread_mutex_unlock (&registry_lock);
+  for (i = 0; i < nclients; ++i) {
+    rd += clients[i].bytes_read;
+    wr += clients[i].bytes_written;
+  }
+  free (snaps);
+  free (clients);
   r = proto_ok ();
   if (r)
     json_object_update_new (r, json_pack (
@@ -475,52 +389,20 @@ op_stats (uint64_t conn)
       "bytes_read", (json_int_t) rd,
       "bytes_written", (json_int_t) wr,
       "chunk_size",
-      (json_int_t) nbdsnap_engine_chunk_size (registry_engine)));
+      (json_int_t) nbdsnap_engine_chunk_size (catalog_engine (cat))));
   return r;
 }
 
 static void
 op_conn_closed (uint64_t conn)
 {
-  struct owned **p, *o;
-  struct snap_entry *en;
-  bool temporary;
-
-  pthread_mutex_lock (&registry_lock);
-  /* Take this connection's records one at a time, from the head each
-   * time: finishing a snapshot forgets every record about it. */
-  for (;;) {
-    for (p = &registry_owned; (o = *p) != NULL; p = &o->next)
-      if (o->conn == conn)
-        break;
-    if (o == NULL)
-      break;
-    *p = o->next;
-    en = o->en;
-    temporary = o->temporary;
-    free (o);
-    if (temporary) {
-      nbdkit_debug ("admin connection %" PRIu64 " closed: deleting its "
-                    "temporary snapshot %s", conn, en->name);
-      en->hidden = true;        /* on disk it is temporary already */
-    }
-    else
-      en->holds--;
-    registry_maybe_finish (en);
-  }
-  pthread_mutex_unlock (&registry_lock);
+  catalog_owner_closed (cat, conn);
 }
 
-static json_t *
-op_delete_stub (uint64_t conn, const char *name, enum proto_delete_mode mode,
-                struct nbdsnap_progress *p)
-{
-  return op_delete (conn, name, mode);
-}
-
-const struct admin_ops registry_admin_ops = {
+static const struct admin_ops ops = {
   .create = op_create,
-  .delete = op_delete_stub,
+  .delete = op_delete,
+  .rollback = op_rollback,
   .list = op_list,
   .info = op_info,
   .clients = op_clients,
@@ -530,3 +412,10 @@ const struct admin_ops registry_admin_ops = {
   .stats = op_stats,
   .conn_closed = op_conn_closed,
 };
+
+const struct admin_ops *
+registry_admin_ops (struct catalog *c)
+{
+  cat = c;
+  return &ops;
+}

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # nbdsnap test: delete --force of a snapshot already deleted with --defer,
-# whose client does not go away.  After --defer, s1 is hidden and its
-# client still reads it; --force then finds it (exit 0, "revoked": 1), the
-# client's next read fails with ESHUTDOWN, and once the client is gone the
-# files are removed and the name is free; a plain delete or info still
-# says not found (exit 5).
+# whose client does not go away.  After --defer, s1 is listed as deleting
+# and its client still reads it; a plain delete or another --defer says
+# not found (exit 5: it is being deleted), info shows it deleting;
+# --force then finds it (exit 0, "revoked": 1), the client's next read
+# fails with ESHUTDOWN, and once the client is gone the files are removed
+# and the name is free.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires "$PYTHON" -c 'import nbd'
@@ -30,11 +31,13 @@ ctl --json delete --defer s1 | grep -q '"deferred":true' ||
   fail "s1 was not deferred"
 ask sha
 [ "$reply" = "sha $want" ] || fail "after --defer the client read $reply"
-for cmd in "delete s1" "delete --defer s1" "info s1"; do
+for cmd in "delete s1" "delete --defer s1"; do
   status=0
   ctl $cmd 2>/dev/null || status=$?
   [ "$status" -eq 5 ] || fail "$cmd after --defer: exit $status, not 5"
 done
+ctl --json info s1 | grep -q '"state":"deleting"' ||
+  fail "info s1 after --defer does not say deleting"
 
 ctl --json delete --force s1 > "$tmpdir/out.json" ||
   { cat "$tmpdir/out.json"; fail "delete --force of a deferred snapshot"; }

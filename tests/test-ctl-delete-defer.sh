@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # nbdsnap test: delete --defer of a snapshot with an NBD client connected.
-# It succeeds at once (exit 0, "deferred": true): the snapshot is no longer
-# listed (nbdsnapctl list, nbdinfo --list), info says not found (exit 5),
-# and new connections to it are refused; the connected client still reads
-# the snapshot's instant, also after more origin writes; creating a new s1
+# It succeeds at once (exit 0, "deferred": true): the snapshot stays in
+# nbdsnapctl list and info as "deleting", "deferred": true, with its
+# client counted, is no longer offered by nbdinfo --list, and new
+# connections to it are refused; the connected client still reads the
+# snapshot's instant, also after more origin writes; creating a new s1
 # meanwhile fails (exit 7) with a message saying s1 is being deleted.  Its
 # files stay in the state directory while the client is connected and are
-# removed after it disconnects, and the name is free again; the origin is
-# served throughout.
+# removed after it disconnects (then it is no longer listed), and the name
+# is free again; the origin is served throughout.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 requires nbdinfo --version
@@ -37,11 +38,18 @@ r = json.load(open(sys.argv[1]))
 assert r["ok"] is True and r["deferred"] is True, r
 ' "$tmpdir/out.json"
 
-# Gone for everyone new, at once.
-ctl --json list | grep -q '"snapshots":\[\]' || fail "s1 is still listed"
-status=0
-ctl info s1 2>/dev/null || status=$?
-[ "$status" -eq 5 ] || fail "info of a deferred-deleted snapshot: exit $status"
+# Listed as deleting (deferred, one client), gone for everyone new.
+ctl --json list > "$tmpdir/list.json"
+"$PYTHON" -c '
+import json, sys
+snaps = json.load(open(sys.argv[1]))["snapshots"]
+assert [s["name"] for s in snaps] == ["s1"], snaps
+s = snaps[0]
+assert s["state"] == "deleting" and s["deferred"] is True, s
+assert s["clients"] == 1, s
+' "$tmpdir/list.json" || { cat "$tmpdir/list.json"; fail "list after --defer"; }
+ctl --json info s1 | grep -q '"state":"deleting"' ||
+  fail "info of a deferred-deleted snapshot does not say deleting"
 timeout 60 nbdinfo --list "$uri" > "$tmpdir/list"
 ! grep -q '^export="s1"' "$tmpdir/list" || fail "nbdinfo --list shows s1"
 if nbdinfo "nbd+unix:///s1?socket=$sock" > "$tmpdir/info" 2>&1; then
@@ -73,6 +81,7 @@ for (( i = 0; i < 100; i++ )); do
 done
 [ -z "$(snapfiles)" ] ||
   { ls -l "$tmpdir/state"; fail "the files are left after the client left"; }
+ctl --json list | grep -q '"snapshots":\[\]' || fail "s1 is still listed"
 
 # The name is free again.
 cp "$img" "$tmpdir/at-s1b.img"

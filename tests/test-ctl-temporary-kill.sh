@@ -5,9 +5,10 @@
 # input that stays open (a fifo), are killed with -9:
 #  - t1, unread: disappears from the list within a short bounded wait, its
 #    files are removed;
-#  - t2, read by a connected NBD client: disappears from the list and from
-#    nbdinfo --list at once, the client still reads its instant, and its
-#    files are removed once the client disconnects.
+#  - t2, read by a connected NBD client: is listed as deleting (deferred)
+#    and disappears from nbdinfo --list at once, the client still reads its
+#    instant, and its files are removed (and it leaves the list) once the
+#    client disconnects.
 # A plain snapshot, created alongside, is left alone.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
@@ -15,6 +16,9 @@ requires nbdinfo --version
 requires "$PYTHON" -c 'import nbd'
 
 listed () { ctl --json list | grep -q "\"name\":\"$1\""; }
+deleting () {
+  ctl --json info "$1" | grep -q '"state":"deleting".*"deferred":true'
+}
 storefiles () { ls "$tmpdir/state" | grep -c '^snap-.*\.store$' || :; }
 
 img="$tmpdir/disk.img"
@@ -65,8 +69,8 @@ timeout 60 nbdcopy "$tmpdir/new.img" "$uri"
 
 kill -9 "$t2_pid"
 wait "$t2_pid" 2>/dev/null || :
-until_ok 5 eval '! listed t2' ||
-  fail "t2 is still listed 5 s after its owner was killed"
+until_ok 5 deleting t2 ||
+  fail "t2 is not deleting 5 s after its owner was killed"
 timeout 60 nbdinfo --list "$uri" > "$tmpdir/list" ||
   fail "nbdinfo --list failed"
 ! grep -q '^export="t2"' "$tmpdir/list" || fail "nbdinfo --list shows t2"
@@ -78,6 +82,7 @@ ask close
 wait "$client_pid" || :
 until_ok 5 eval '[ "$(storefiles)" -eq 1 ]' ||
   { ls -l "$tmpdir/state"; fail "the files of t2 are left"; }
+until_ok 5 eval '! listed t2' || fail "t2 is still listed after its client left"
 
 # The plain snapshot is still there, and exact.
 listed keep || fail "snapshot keep was deleted"

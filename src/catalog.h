@@ -1,0 +1,278 @@
+/* nbdsnap: the snapshot catalog (src/catalog.c) — the control-plane state
+ * over one engine: an entry per snapshot with its users, the NBD
+ * connections, and what admin connections own.  No nbdkit dependency:
+ * the plugin (plugin/nbdsnap.c, plugin/ops.c) and tests/unit/check_catalog.c
+ * are its callers.
+ *
+ * Notes on the design
+ *
+ * Entries.  Every snapshot of the engine has one entry, in id order
+ * (oldest first), in one of three states:
+ *
+ *   creating  the name is reserved while nbdsnap_snap_create runs (without
+ *             the catalog lock); not listed as live, not openable, its
+ *             name taken.
+ *   live      served: NBD connections may open it; holds, changes,
+ *             rollback and delete act on it.
+ *   deleting  deferred: delete --defer (or its owner's admin connection
+ *             closing, for a temporary one) found it in use; it is marked
+ *             deleting on disk (a restart finishes the delete), new
+ *             connections are refused, its clients read on, and the
+ *             catalog's reaper thread deletes it once clients, holds and
+ *             pins are all gone.
+ *             moving: the engine delete runs (chunks move into the older
+ *             snapshot); progress done/total is shown.
+ *             stuck: an engine delete failed after the header said
+ *             deleting; any delete retries it, a restart finishes it.
+ *   (invalid is the engine's state of a live entry that lost a chunk.)
+ *
+ * Users.  A snapshot is busy while clients (NBD handles) + holds (admin
+ * pins, owned by an admin connection) + pins (a changes or rollback job
+ * running on it) > 0.  delete NOW then fails with busy (after a grace of
+ * CATALOG_BUSY_GRACE_SECONDS for clients that are closing), DEFER defers,
+ * FORCE revokes the clients and drops the holds (it still fails with busy
+ * while a job pins the snapshot).  The name of an entry is taken in every
+ * state, until the entry goes.
+ *
+ * Connections.  Each NBD handle has its own gate, an rwlock: every data
+ * request holds it shared (catalog_enter, a try-lock that fails with
+ * ESHUTDOWN once the handle is revoked) until catalog_leave.  Revoking a
+ * handle (delete --force on its snapshot, rollback --force on the origin)
+ * sets revoked, then takes the gate exclusive once, so the requests
+ * already inside finish before the snapshot is freed or the origin is
+ * rewritten.  A revoked handle is detached from its entry; it stays in the
+ * connection list (listed by catalog_clients with revoked) until it
+ * closes.  Per-connection gates mean origin requests share no lock.
+ *
+ * Long engine calls (create, delete, rollback, changes) never run under
+ * the catalog lock: the state is marked under it (creating, deleting +
+ * moving, a pin, rollback running), the lock is dropped for the engine
+ * call and taken again to finish.  Everything else answers within
+ * milliseconds while such a call runs.
+ *
+ * Reaper.  A delete that becomes due when the last user goes (an NBD close,
+ * a release, an admin connection closing, a changes job ending) is never
+ * run by the thread that dropped the reference (an nbdkit connection
+ * thread, the admin loop): the catalog's own thread does it.
+ *
+ * Errors.  Every operation that can be refused returns enum catalog_err:
+ * CATALOG_OK, or a kind that the admin protocol maps one to one, with
+ * errno set as the comment of the kind says and one message reported
+ * through nbdsnap_error () (nbdsnap_last_error () in the calling thread
+ * has it).  CATALOG_ERR_SYSTEM: the engine (which reported its own
+ * message) or malloc failed; errno says why.  Functions returning a
+ * pointer or a count return NULL / -1 with errno set and a message.
+ */
+#ifndef NBDSNAP_CATALOG_H
+#define NBDSNAP_CATALOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+#include <sys/types.h>
+
+#include "nbdsnap/engine.h"
+
+/* How long delete NOW waits for clients that are closing. */
+#define CATALOG_BUSY_GRACE_SECONDS 1
+/* Holds and temporary snapshots one admin connection may own. */
+#define CATALOG_OWNED_MAX 1024
+/* Long enough for any description catalog_describe writes. */
+#define CATALOG_DESCRIPTION_MAX 192
+#define CATALOG_PEER_MAX 128
+
+struct catalog;
+struct catalog_conn;
+
+enum catalog_err {
+  CATALOG_OK = 0,
+  CATALOG_ERR_NOT_FOUND,        /* ENOENT: unknown, or not in a state the
+                                   operation accepts (the message says) */
+  CATALOG_ERR_NOT_HELD,         /* ENOENT: release without a hold */
+  CATALOG_ERR_EXISTS,           /* EEXIST: the name is taken */
+  CATALOG_ERR_BUSY,             /* EBUSY: in use, or a rollback runs */
+  CATALOG_ERR_LIMIT,            /* EAGAIN: CATALOG_OWNED_MAX reached */
+  CATALOG_ERR_READONLY,         /* EROFS: the origin is read-only */
+  CATALOG_ERR_SYSTEM,           /* errno from the engine or malloc */
+};
+
+enum catalog_state {
+  CATALOG_STATE_CREATING,
+  CATALOG_STATE_LIVE,
+  CATALOG_STATE_DELETING,
+  CATALOG_STATE_INVALID,        /* live, but the engine says invalid */
+};
+
+/* "creating", "live", "deleting", "invalid" (the protocol's words). */
+extern const char *catalog_state_name (enum catalog_state state);
+
+enum catalog_delete_mode {
+  CATALOG_DELETE_NOW,           /* busy if in use */
+  CATALOG_DELETE_DEFER,         /* if in use: deleted after the last user */
+  CATALOG_DELETE_FORCE,         /* revoke clients, drop holds, delete */
+};
+
+/* Called once a delete or rollback is certain to go on (its state is
+ * marked, persisted where that applies), from the calling thread, without
+ * the catalog lock. */
+typedef void (*catalog_accepted_fn) (struct nbdsnap_progress *p);
+
+/* A copy of one entry (catalog_list, catalog_info, catalog_create). */
+struct catalog_snap {
+  struct nbdsnap_snap_info info;    /* creating: name and created only;
+                                       moving: as of the delete's start */
+  enum catalog_state state;
+  unsigned clients, holds;
+  bool deferred;                    /* deleting, waiting for its users */
+  bool moving;                      /* deleting, the engine delete runs */
+  uint64_t progress_done, progress_total;   /* moving */
+  bool rollback;                    /* the target of a running rollback */
+  uint64_t rollback_done, rollback_total;
+};
+
+/* A copy of one NBD connection (catalog_clients). */
+struct catalog_client {
+  uint64_t id;
+  char export[NBDSNAP_NAME_MAX + 1];    /* "" = the origin */
+  char peer[CATALOG_PEER_MAX];
+  struct timespec started;              /* CLOCK_REALTIME */
+  bool readonly;
+  bool revoked;
+  uint64_t bytes_read, bytes_written, reads, writes;
+};
+
+/* One entry per snapshot the engine has; starts the reaper thread.
+ * readonly: the origin cannot change (create and rollback refused). */
+extern struct catalog *catalog_new (struct nbdsnap_engine *e, bool readonly);
+/* Stops the reaper (a move in progress is cancelled: the next open
+ * finishes it) and frees everything.  No handle may be open and no call
+ * in progress. */
+extern void catalog_free (struct catalog *cat);
+extern struct nbdsnap_engine *catalog_engine (const struct catalog *cat);
+extern bool catalog_readonly (const struct catalog *cat);
+
+/* --- NBD connections -------------------------------------------------- */
+
+/* Open a handle on export ("" = the origin).  peer: a string for
+ * "clients" (copied).  A snapshot handle is read-only whatever readonly
+ * says.  NULL with errno ENOENT (unknown, creating or deleting snapshot),
+ * EBUSY (the origin while a rollback runs) or ENOMEM, reported. */
+extern struct catalog_conn *catalog_conn_open (struct catalog *cat,
+                                               const char *export,
+                                               bool readonly,
+                                               const char *peer);
+/* The handle goes (no request may be inside it).  May make a deferred
+ * delete due (the reaper does it). */
+extern void catalog_conn_close (struct catalog *cat, struct catalog_conn *c);
+
+/* Around every data request: 0, or -1 with errno ESHUTDOWN (reported)
+ * once the handle is revoked.  Between the two, catalog_conn_snap stays
+ * valid.  Takes no catalog lock. */
+extern int catalog_enter (struct catalog_conn *c);
+extern void catalog_leave (struct catalog_conn *c);
+
+/* These read only what open fixed, and take no lock. */
+extern struct nbdsnap_snap *catalog_conn_snap (const struct catalog_conn *c);
+extern const char *catalog_conn_export (const struct catalog_conn *c);
+extern bool catalog_conn_readonly (const struct catalog_conn *c);
+/* A snapshot handle's description as of open, or one saying the handle
+ * is revoked; for the origin NULL unless revoked.  Call from the
+ * handle's own thread only (it may rewrite the handle's buffer). */
+extern const char *catalog_conn_description (struct catalog_conn *c);
+/* Count one successful request of count bytes (atomics). */
+extern void catalog_conn_count (struct catalog_conn *c, bool write,
+                                uint32_t count);
+
+/* "snapshot NAME, taken DATE, STATE, N chunks copied" */
+extern void catalog_describe (const struct catalog_snap *s, char *buf,
+                              size_t n);
+
+/* --- Admin operations --------------------------------------------------
+ *
+ * owner: the admin connection's identity (never 0).  Holds and temporary
+ * snapshots belong to it until catalog_owner_closed (owner).
+ */
+
+/* Take a snapshot.  EXISTS (the name is taken by any entry, the message
+ * says in what state), READONLY, BUSY (a rollback runs), LIMIT (a
+ * temporary one past CATALOG_OWNED_MAX), SYSTEM.  out (may be NULL): the
+ * new snapshot. */
+extern enum catalog_err catalog_create (struct catalog *cat, uint64_t owner,
+                                        const char *name, bool temporary,
+                                        struct catalog_snap *out);
+
+struct catalog_delete_result {
+  bool deferred;                /* deleted when its last user goes */
+  unsigned revoked;             /* handles revoked by FORCE */
+  uint64_t moved_bytes;         /* progress done at the end */
+};
+
+/* Delete a snapshot (see the notes).  NOT_FOUND (unknown, creating, or
+ * already being deleted, except that FORCE finds a deferred one and any
+ * mode a stuck one), BUSY (NOW: in use after the grace; any mode: pinned
+ * by a job), SYSTEM (engine).  p (may be NULL): the engine's progress;
+ * accepted (may be NULL) is called with p once the delete is certain. */
+extern enum catalog_err catalog_delete (struct catalog *cat, uint64_t owner,
+                                        const char *name,
+                                        enum catalog_delete_mode mode,
+                                        struct nbdsnap_progress *p,
+                                        catalog_accepted_fn accepted,
+                                        struct catalog_delete_result *res);
+
+struct catalog_rollback_result {
+  uint64_t rolled_back_bytes;
+  unsigned revoked;                         /* origin handles */
+  char (*destroyed)[NBDSNAP_NAME_MAX + 1];  /* malloc'd */
+  size_t ndestroyed;
+  char (*kept)[NBDSNAP_NAME_MAX + 1];       /* malloc'd */
+  size_t nkept;
+};
+extern void catalog_rollback_result_free (struct catalog_rollback_result *r);
+
+/* Roll the origin back to snapshot name.  READONLY; NOT_FOUND (unknown,
+ * creating, deleting); BUSY (NBD clients on the origin and !force, the
+ * message names the count; another rollback runs); SYSTEM (engine).
+ * While it runs, origin opens are refused and name cannot be deleted.
+ * destroy_newer: afterwards every snapshot newer than name that is not
+ * in use is deleted (destroyed), the others are kept.  res is filled on
+ * success (free it with catalog_rollback_result_free). */
+extern enum catalog_err catalog_rollback (struct catalog *cat,
+                                          uint64_t owner, const char *name,
+                                          bool force, bool destroy_newer,
+                                          struct nbdsnap_progress *p,
+                                          catalog_accepted_fn accepted,
+                                          struct catalog_rollback_result *res);
+
+/* Holds: NOT_FOUND (not live), LIMIT; release: NOT_FOUND, NOT_HELD.
+ * *holds: the snapshot's holds (all owners) afterwards. */
+extern enum catalog_err catalog_hold (struct catalog *cat, uint64_t owner,
+                                      const char *name, unsigned *holds);
+extern enum catalog_err catalog_release (struct catalog *cat, uint64_t owner,
+                                         const char *name, unsigned *holds);
+
+/* The admin connection owner closed: its holds go, its temporary
+ * snapshots become deferred deletes (done by the reaper). */
+extern void catalog_owner_closed (struct catalog *cat, uint64_t owner);
+
+/* nbdsnap_snap_changes of a live snapshot, which cannot be deleted
+ * meanwhile (a deferred delete waits for it).  fn runs under the engine's
+ * locks: it must not call the catalog.  NOT_FOUND, SYSTEM. */
+extern enum catalog_err catalog_changes (struct catalog *cat,
+                                         const char *name,
+                                         nbdsnap_extent_fn fn, void *opaque);
+
+/* Every entry, oldest first, creating and deleting ones included; *out is
+ * malloc'd (the caller frees it).  Returns the count, or -1 (ENOMEM). */
+extern ssize_t catalog_list (struct catalog *cat, struct catalog_snap **out);
+/* One entry in any state.  NOT_FOUND. */
+extern enum catalog_err catalog_info (struct catalog *cat, const char *name,
+                                      struct catalog_snap *out);
+/* Every NBD connection; as catalog_list. */
+extern ssize_t catalog_clients (struct catalog *cat,
+                                struct catalog_client **out);
+
+/* For tests: wait until the reaper has nothing to do. */
+extern void catalog_wait_idle (struct catalog *cat);
+
+#endif /* NBDSNAP_CATALOG_H */
