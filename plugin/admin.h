@@ -2,8 +2,9 @@
  *
  * The admin loop owns the control socket and every admin connection; it
  * parses requests (src/proto.c) and calls one operation of the table below
- * per request.  The table is implemented by the connection registry
- * (plugin/registry.c), which owns what the operations act on.
+ * per request.  The table is implemented by plugin/ops.c, which formats
+ * the answers of the snapshot catalog (src/catalog.h), the owner of what
+ * the operations act on.
  *
  * Life cycle, one call per nbdkit callback:
  *

@@ -2,8 +2,8 @@
  *
  * An engine owns one state directory and the origin (the base image) it
  * belongs to.  It serves origin writes through copy-on-write and reads of
- * every snapshot, and creates and deletes snapshots.  The plugin and the
- * Check suites are its only callers.
+ * every snapshot, and creates and deletes snapshots.  The catalog
+ * (src/catalog.h), the plugin and the Check suites are its callers.
  *
  * Conventions: functions return 0 (or a pointer) on success and -1 (or NULL)
  * on error, with errno set to something an NBD client understands (EIO,
@@ -13,10 +13,13 @@
  * Lock order for the whole program (outermost first; see each lock's
  * comment where it is defined):
  *
- *   plugin: registry_lock (plugin/registry.h, mutex: entries, connections,
- *           admin ownership)
- *     plugin: entry->gate (plugin/registry.h, per snapshot, rwlock: data
- *             callbacks shared, force-delete exclusive)
+ *   catalog: cat->lock (src/catalog.c, mutex: entries, NBD connections,
+ *            admin ownership, the running rollback; bookkeeping only:
+ *            never held across an engine create, delete, rollback,
+ *            changes or mark_deleting; under it only nbdsnap_snap_info)
+ *   catalog: conn->gate (src/catalog.c, rwlock per NBD handle, origin
+ *            included: each data request shared (try-lock), a revoker
+ *            exclusive once; never held together with cat->lock)
  *     engine->create_lock  (src/engine-internal.h, mutex: one create at a
  *                           time, held for the whole create)
  *       engine->job_lock   (src/engine-internal.h, mutex: one delete or
