@@ -290,15 +290,19 @@ job_detach (struct admin_job *j)
   admin_conn_answer (c, resp);          /* may close c */
 }
 
-/* A result nobody will read: log it. */
+/* A result nobody will read: log it (a failure as an error, unless the
+ * server is stopping: then it was most likely cancelled, and the next
+ * start finishes what it left). */
 static void
 job_log (const struct admin_job *j, json_t *resp, const char *why)
 {
   const char *msg = json_string_value (json_object_get (resp, "message"));
 
-  if (resp != NULL && json_is_true (json_object_get (resp, "ok")))
-    nbdkit_debug ("admin: %s %s (conn %" PRIu64 ", %s): done",
-                  proto_cmd_name (j->req.cmd), j->req.name, j->conn_id, why);
+  if (admin.stopping || (resp != NULL
+                         && json_is_true (json_object_get (resp, "ok"))))
+    nbdkit_debug ("admin: %s %s (conn %" PRIu64 ", %s): %s",
+                  proto_cmd_name (j->req.cmd), j->req.name, j->conn_id, why,
+                  msg ? msg : resp ? "done" : "out of memory");
   else
     nbdkit_error ("admin: %s %s (conn %" PRIu64 ", %s) failed: %s",
                   proto_cmd_name (j->req.cmd), j->req.name, j->conn_id, why,
