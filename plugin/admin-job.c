@@ -232,14 +232,16 @@ admin_job_start (struct admin_conn *c, const struct proto_request *r,
                  ADMIN_PROGRESS_SECONDS);
   j->progress_w.data = j;
 
+  /* Listed before it starts, so that admin_job_accepted finds it. */
   pthread_mutex_lock (&jobs.lock);
   j->next = jobs.all;
   jobs.all = j;
-  err = pthread_create (&j->thread, NULL, job_thread, j);
-  if (err != 0)
-    jobs.all = j->next;
   pthread_mutex_unlock (&jobs.lock);
+  err = pthread_create (&j->thread, NULL, job_thread, j);
   if (err != 0) {
+    pthread_mutex_lock (&jobs.lock);
+    jobs.all = j->next;                 /* nothing was added since */
+    pthread_mutex_unlock (&jobs.lock);
     free (j);
     errno = err;
     nbdkit_error ("admin: conn %" PRIu64 ": %s %s: pthread_create: %m",
@@ -400,10 +402,10 @@ admin_job_stop_all (void)
 {
   struct admin_job *j;
 
-  pthread_mutex_lock (&jobs.lock);
-  if (jobs.all != NULL)
+  if (jobs.running > 0)
     nbdkit_debug ("admin: stopping, cancelling %u jobs and waiting for "
                   "them", jobs.running);
+  pthread_mutex_lock (&jobs.lock);
   for (j = jobs.all; j != NULL; j = j->next)
     __atomic_store_n (&j->progress.cancel, true, __ATOMIC_RELAXED);
   while (jobs.all != NULL) {
