@@ -26,10 +26,13 @@
  *   on a worker thread, and until the job answers (admin_conn_answer) the
  *   connection reads and serves no more requests, so that answers keep
  *   request order.  Every other request is answered here, at once.
- *   Progress lines of a job go through the same output queue.
+ *   Progress lines of a job go through the same output queue, and are
+ *   dropped rather than queued past ADMIN_OUT_SOFT.
  *
  * - Callbacks only mark the connection; the watcher callback that was
- *   called closes it at the end, so nothing uses a freed connection.
+ *   called closes it at the end, so nothing uses a freed connection.  A
+ *   job's callbacks (admin_conn_answer, admin_conn_progress, called from
+ *   admin-job.c's watchers) may close it too, as their last use of it.
  */
 #include <config.h>
 
