@@ -19,9 +19,20 @@
  * - Each connection has an id; admin_ops.conn_closed (id) runs exactly
  *   once for every connection that was accepted, whatever closes it (EOF,
  *   error, abuse, shutdown): holds and temporary snapshots die with it.
+ *   If it closes while its job runs, the job calls it when it returns
+ *   (admin-job.c).
+ *
+ * - create, delete, rollback and changes are jobs (admin-job.c): they run
+ *   on a worker thread, and until the job answers (admin_conn_answer) the
+ *   connection reads and serves no more requests, so that answers keep
+ *   request order.  Every other request is answered here, at once.
+ *   Progress lines of a job go through the same output queue, and are
+ *   dropped rather than queued past ADMIN_OUT_SOFT.
  *
  * - Callbacks only mark the connection; the watcher callback that was
- *   called closes it at the end, so nothing uses a freed connection.
+ *   called closes it at the end, so nothing uses a freed connection.  A
+ *   job's callbacks (admin_conn_answer, admin_conn_progress, called from
+ *   admin-job.c's watchers) may close it too, as their last use of it.
  */
 #include <config.h>
 
@@ -60,8 +71,11 @@ conn_close (struct admin_conn *c)
     c->next->prev = c->prev;
   admin.nconns--;
   if (nbdsnap_debug_admin)
-    nbdkit_debug ("admin: conn %" PRIu64 " closed", c->id);
-  if (admin.ops && admin.ops->conn_closed)
+    nbdkit_debug ("admin: conn %" PRIu64 " closed%s", c->id,
+                  c->job ? " while its job runs" : "");
+  if (c->job != NULL)
+    admin_job_conn_gone (c);            /* conn_closed when it returns */
+  else if (admin.ops && admin.ops->conn_closed)
     admin.ops->conn_closed (c->id);
   free (c->out);
   free (c);
@@ -103,30 +117,11 @@ conn_flush (struct admin_conn *c)
   return 0;
 }
 
-/* Queue one response (consuming the reference) and try to send it. */
+/* Queue one line of len bytes (malloc'd, consumed) and try to send it.
+ * -1: the connection is broken. */
 static int
-conn_respond (struct admin_conn *c, json_t *resp)
+conn_queue (struct admin_conn *c, char *s, size_t len)
 {
-  char *s;
-  size_t len;
-
-  if (resp == NULL)
-    resp = proto_error (PROTO_ERR_INTERNAL, ENOMEM, "out of memory");
-  if (resp == NULL)
-    return -1;
-  if (!json_is_true (json_object_get (resp, "ok")))
-    admin.stats.errors++;
-  s = proto_format (resp, &len);
-  if (s == NULL && errno == E2BIG) {
-    json_decref (resp);
-    resp = proto_error (PROTO_ERR_TOO_LARGE, 0, "response longer "
-                              "than %u bytes", NBDSNAP_ADMIN_RESPONSE_MAX);
-    s = resp ? proto_format (resp, &len) : NULL;
-  }
-  json_decref (resp);
-  if (s == NULL)
-    return -1;
-
   if (c->outoff > 0) {                  /* compact before growing */
     memmove (c->out, c->out + c->outoff, pending (c));
     c->outlen -= c->outoff;
@@ -152,6 +147,32 @@ conn_respond (struct admin_conn *c, json_t *resp)
   return conn_flush (c);
 }
 
+/* Queue one response (consuming the reference) and try to send it. */
+static int
+conn_respond (struct admin_conn *c, json_t *resp)
+{
+  char *s;
+  size_t len;
+
+  if (resp == NULL)
+    resp = proto_error (PROTO_ERR_INTERNAL, ENOMEM, "out of memory");
+  if (resp == NULL)
+    return -1;
+  if (!json_is_true (json_object_get (resp, "ok")))
+    admin.stats.errors++;
+  s = proto_format (resp, &len);
+  if (s == NULL && errno == E2BIG) {
+    json_decref (resp);
+    resp = proto_error (PROTO_ERR_TOO_LARGE, 0, "response longer "
+                              "than %u bytes", NBDSNAP_ADMIN_RESPONSE_MAX);
+    s = resp ? proto_format (resp, &len) : NULL;
+  }
+  json_decref (resp);
+  if (s == NULL)
+    return -1;
+  return conn_queue (c, s, len);
+}
+
 /* An op the registry did not provide. */
 static json_t *
 missing (enum proto_cmd cmd)
@@ -163,6 +184,18 @@ missing (enum proto_cmd cmd)
 #define CALL(op, ...) \
   (ops && ops->op ? ops->op (__VA_ARGS__) : missing (r->cmd))
 
+/* Does the server implement this job's operation? */
+static bool
+job_op (const struct admin_ops *ops, enum proto_cmd cmd)
+{
+  return ops != NULL
+    && ((cmd == PROTO_CMD_CREATE && ops->create)
+        || (cmd == PROTO_CMD_DELETE && ops->delete)
+        || (cmd == PROTO_CMD_ROLLBACK && ops->rollback)
+        || (cmd == PROTO_CMD_CHANGES && ops->changes));
+}
+
+/* Answer a request that is not a job. */
 static json_t *
 dispatch (struct admin_conn *c, const struct proto_request *r)
 {
@@ -171,14 +204,11 @@ dispatch (struct admin_conn *c, const struct proto_request *r)
 
   switch (r->cmd) {
   case PROTO_CMD_HELLO:   return proto_hello (PACKAGE_VERSION, c->id);
-  case PROTO_CMD_CREATE:  return CALL (create, c->id, r->name, r->temporary);
-  case PROTO_CMD_DELETE:  return CALL (delete, c->id, r->name, r->mode, NULL);
   case PROTO_CMD_LIST:    return CALL (list, c->id);
   case PROTO_CMD_INFO:    return CALL (info, c->id, r->name);
   case PROTO_CMD_CLIENTS: return CALL (clients, c->id);
   case PROTO_CMD_HOLD:    return CALL (hold, c->id, r->name);
   case PROTO_CMD_RELEASE: return CALL (release, c->id, r->name);
-  case PROTO_CMD_CHANGES: return CALL (changes, c->id, r->name);
   case PROTO_CMD_STATS:
     resp = ops && ops->stats ? ops->stats (c->id) : proto_ok ();
     if (json_is_true (json_object_get (resp, "ok")))
@@ -189,12 +219,13 @@ dispatch (struct admin_conn *c, const struct proto_request *r)
   }
 }
 
-/* Answer one request line of len bytes (no "\n"). */
+/* Answer one request line of len bytes (no "\n"), or start its job. */
 static int
 conn_request (struct admin_conn *c, const char *line, size_t len)
 {
   struct proto_request req;
   struct proto_parse_error perr;
+  json_t *resp;
 
   admin.stats.requests++;
   if (proto_parse (line, len, &req, &perr) == -1) {
@@ -204,18 +235,38 @@ conn_request (struct admin_conn *c, const char *line, size_t len)
     return conn_respond (c, proto_error_parse (&perr));
   }
   if (nbdsnap_debug_admin)
-    nbdkit_debug ("admin: conn %" PRIu64 ": %s %s%s", c->id,
+    nbdkit_debug ("admin: conn %" PRIu64 ": %s %s%s%s%s%s%s%s", c->id,
                   proto_cmd_name (req.cmd), req.name,
-                  req.temporary ? " temporary" : "");
+                  req.temporary ? " temporary" : "",
+                  req.mode == PROTO_DELETE_DEFER ? " defer" : "",
+                  req.mode == PROTO_DELETE_FORCE || req.force ? " force" : "",
+                  req.destroy_newer ? " destroy-newer" : "",
+                  req.nowait ? " nowait" : "",
+                  req.progress ? " progress" : "");
+  if (admin_job_is (req.cmd) && job_op (admin.ops, req.cmd)) {
+    if (admin_job_start (c, &req, &resp) == 0)
+      return 0;                         /* it answers when it returns */
+    return conn_respond (c, resp);
+  }
+  if (admin_job_is (req.cmd))
+    return conn_respond (c, missing (req.cmd));
   return conn_respond (c, dispatch (c, &req));
 }
 
-/* Serve complete lines from in[] while output is below the soft limit;
- * decide whether to keep reading. */
+/* May c serve (and read) requests now? */
+static bool
+conn_serving (const struct admin_conn *c)
+{
+  return !c->closing && c->job == NULL && !admin.stopping
+    && pending (c) <= ADMIN_OUT_SOFT;
+}
+
+/* Serve complete lines from in[] while output is below the soft limit and
+ * no job is in flight; decide whether to keep reading. */
 static int
 conn_process (struct admin_conn *c)
 {
-  while (!c->closing && pending (c) <= ADMIN_OUT_SOFT) {
+  while (conn_serving (c)) {
     char *nl = memchr (c->in, '\n', c->inlen);
     size_t used;
 
@@ -244,7 +295,7 @@ conn_process (struct admin_conn *c)
     memmove (c->in, c->in + used, c->inlen - used);
     c->inlen -= used;
   }
-  if (!c->eof && !c->closing && pending (c) <= ADMIN_OUT_SOFT)
+  if (!c->eof && conn_serving (c))
     ev_io_start (admin.loop, &c->read_w);
   else
     ev_io_stop (admin.loop, &c->read_w);
@@ -255,7 +306,8 @@ conn_process (struct admin_conn *c)
 static bool
 conn_done (const struct admin_conn *c)
 {
-  return pending (c) == 0 && (c->closing || (c->eof && c->inlen == 0));
+  return c->job == NULL && pending (c) == 0
+    && (c->closing || (c->eof && c->inlen == 0));
 }
 
 static void
@@ -350,4 +402,33 @@ admin_conn_shutdown (struct admin_conn *c)
   conn_respond (c, proto_error (PROTO_ERR_SHUTTING_DOWN, 0,
                                 "the server is shutting down"));
   conn_close (c);
+}
+
+void
+admin_conn_answer (struct admin_conn *c, json_t *resp)
+{
+  if (conn_respond (c, resp) == -1 || conn_process (c) == -1
+      || conn_done (c))
+    conn_close (c);
+}
+
+bool
+admin_conn_progress (struct admin_conn *c, json_t *line)
+{
+  char *s;
+  size_t len;
+
+  if (line == NULL || pending (c) > ADMIN_OUT_SOFT) {
+    json_decref (line);
+    return false;
+  }
+  s = proto_format (line, &len);
+  json_decref (line);
+  if (s == NULL)
+    return false;
+  if (conn_queue (c, s, len) == -1) {
+    conn_close (c);
+    return false;
+  }
+  return true;
 }

@@ -1,9 +1,11 @@
-/* nbdsnap: what plugin/admin.c and plugin/admin-conn.c share.
+/* nbdsnap: what plugin/admin.c, admin-conn.c and admin-job.c share.
  *
  * admin.c owns the listening socket, the loop and its thread; admin-conn.c
- * owns each accepted connection.  Everything here is touched by the admin
- * thread only, except as noted in admin.c where struct admin_state is
- * defined.
+ * owns each accepted connection; admin-job.c owns the jobs (create,
+ * delete, rollback, changes) and their worker threads.  Everything here
+ * is touched by the admin thread only, except as noted in admin.c where
+ * struct admin_state is defined (and admin_job_accepted, which any thread
+ * may call).
  */
 #ifndef NBDSNAP_PLUGIN_ADMIN_INTERNAL_H
 #define NBDSNAP_PLUGIN_ADMIN_INTERNAL_H
@@ -32,6 +34,13 @@
 /* A connection whose unread output makes no progress for this long is
  * closed. */
 #define ADMIN_STALL_SECONDS 30.
+/* Most jobs running at once, all connections together; more are refused
+ * with "limit".  Each has a thread. */
+#define ADMIN_JOB_MAX 64
+/* How often a job's progress is looked at, for progress lines. */
+#define ADMIN_PROGRESS_SECONDS 0.25
+
+struct admin_job;                   /* admin-job.c */
 
 struct admin_conn {
   struct admin_conn *prev, *next;   /* admin.conns */
@@ -46,6 +55,8 @@ struct admin_conn {
   size_t outoff, outlen, outcap;    /* sent, queued, allocated */
   bool eof;                         /* peer shut down its side */
   bool closing;                     /* close once output is flushed */
+  struct admin_job *job;            /* in flight and not detached: no more
+                                       requests are read until it answers */
   char in[NBDSNAP_ADMIN_LINE_MAX];  /* a partial request line */
 };
 
@@ -76,6 +87,8 @@ struct admin_state {
   ev_async stop_w;
   pthread_t thread;
   bool running;
+  bool stopping;                    /* on_stop began: no request is read,
+                                       no job started any more */
   struct admin_conn *conns;
   unsigned nconns;
   uint64_t next_id;
@@ -89,6 +102,28 @@ extern int nbdsnap_debug_admin;
 extern int admin_conn_new (int fd, uid_t uid, pid_t pid);
 /* Say "shutting-down" (best effort) and close. */
 extern void admin_conn_shutdown (struct admin_conn *c);
+/* The final answer of c's job (consumed; NULL: out of memory), c->job
+ * already cleared: queue it and serve the lines waiting.  May close c. */
+extern void admin_conn_answer (struct admin_conn *c, json_t *resp);
+/* Queue a progress line (consumed) unless c's output is over its soft
+ * limit.  Returns true if queued.  May close c (send failed). */
+extern bool admin_conn_progress (struct admin_conn *c, json_t *line);
+
+/* admin-job.c */
+extern bool admin_job_is (enum proto_cmd cmd);
+/* In admin_start, before the thread: the ev_async workers wake it with. */
+extern void admin_job_init (void);
+/* Start the job for request r of c (the op exists): 0 with c->job set, or
+ * -1 with *resp the error to answer (NULL: out of memory). */
+extern int admin_job_start (struct admin_conn *c,
+                            const struct proto_request *r, json_t **resp);
+/* c closes while c->job runs: the job calls conn_closed when it returns.
+ * Clears c->job. */
+extern void admin_job_conn_gone (struct admin_conn *c);
+/* From on_stop: cancel every job, wait for all, finish them. */
+extern void admin_job_stop_all (void);
+/* Add jobs_running and jobs_done to obj; 0, or -1 if out of memory. */
+extern int admin_job_stats (json_t *obj);
 
 /* admin.c: the admin loop's own counters, for "stats". */
 extern json_t *admin_stats_json (void);

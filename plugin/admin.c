@@ -7,7 +7,10 @@
  *   user before nbdkit forks; the loop and its thread are created in
  *   .after_fork (admin_start); .cleanup wakes the loop with ev_async_send,
  *   the only call any other thread makes into it, and joins the thread
- *   (admin_stop).  The thread blocks every signal: they belong to nbdkit.
+ *   (admin_stop).  The thread blocks every signal: they belong to nbdkit,
+ *   and so do the job workers it starts (plugin/admin-job.c), which wake
+ *   it with their own ev_async.  admin_stop cancels the running jobs and
+ *   waits for them before it closes the connections.
  *
  * - Admin connections live in plugin/admin-conn.c; this file accepts them,
  *   checks the peer's uid (SO_PEERCRED: the uid running nbdkit, or root)
@@ -60,7 +63,8 @@ NBDKIT_DLL_PUBLIC int nbdsnap_debug_admin;
  * admin_start before the admin thread exists, and in admin_stop after it
  * was joined; in between only the admin thread touches it (except
  * admin.loop and admin.stop_w, which ev_async_send may use from any
- * thread).  Therefore no lock. */
+ * thread, and admin.ops, which job workers read; the admin thread joins
+ * every worker before it ends).  Therefore no lock. */
 struct admin_state admin = { .fd = -1 };
 
 void
@@ -322,10 +326,14 @@ on_accept_retry (struct ev_loop *loop, ev_timer *w, int revents)
   ev_io_start (loop, &admin.accept_w);
 }
 
-/* Woken by admin_stop: close everything and leave ev_run. */
+/* Woken by admin_stop: wait for the jobs (cancelled), close everything
+ * and leave ev_run.  The jobs come first: a connection's conn_closed must
+ * follow its job. */
 static void
 on_stop (struct ev_loop *loop, ev_async *w, int revents)
 {
+  admin.stopping = true;
+  admin_job_stop_all ();
   nbdkit_debug ("admin: stopping, closing %u connections", admin.nconns);
   while (admin.conns != NULL)
     admin_conn_shutdown (admin.conns);
@@ -360,6 +368,7 @@ admin_start (void)
   ev_async_init (&admin.stop_w, on_stop);
   ev_io_start (admin.loop, &admin.accept_w);
   ev_async_start (admin.loop, &admin.stop_w);
+  admin_job_init ();
 
   /* The thread inherits this mask: it must never take nbdkit's signals. */
   sigfillset (&all);
@@ -407,20 +416,21 @@ admin_stop (void)
 json_t *
 admin_stats_json (void)
 {
-  return json_pack ("{s:I,s:I,s:I,s:b,s:I,s:I,s:I,s:I,s:I}",
-                    "connections", (json_int_t) admin.nconns,
-                    "connection_limit", (json_int_t) admin.conn_limit,
-                    "accept_errors", (json_int_t) admin.stats.accept_errors,
-                    "accept_paused", admin.burst.failures > 0,
-                    "accepted", (json_int_t) admin.stats.accepted,
-                    "refused", (json_int_t) admin.stats.refused,
-                    "requests", (json_int_t) admin.stats.requests,
-                    "errors", (json_int_t) admin.stats.errors,
-                    "closed_slow", (json_int_t) admin.stats.closed_slow);
-}
+  json_t *r;
 
-/* STUB until the job runner lands (issue 9). */
-void
-admin_job_accepted (struct nbdsnap_progress *p)
-{
+  r = json_pack ("{s:I,s:I,s:I,s:b,s:I,s:I,s:I,s:I,s:I}",
+                 "connections", (json_int_t) admin.nconns,
+                 "connection_limit", (json_int_t) admin.conn_limit,
+                 "accept_errors", (json_int_t) admin.stats.accept_errors,
+                 "accept_paused", admin.burst.failures > 0,
+                 "accepted", (json_int_t) admin.stats.accepted,
+                 "refused", (json_int_t) admin.stats.refused,
+                 "requests", (json_int_t) admin.stats.requests,
+                 "errors", (json_int_t) admin.stats.errors,
+                 "closed_slow", (json_int_t) admin.stats.closed_slow);
+  if (r != NULL && admin_job_stats (r) == -1) {
+    json_decref (r);
+    r = NULL;
+  }
+  return r;
 }

@@ -10,6 +10,12 @@
  *   NBDSNAP_ADMIN_RESPONSE_MAX; bytes after the line stay buffered (the
  *   server may send an unsolicited error line before closing).
  *
+ * - Progress lines (protocol 2: objects with "progress" and no "ok") may
+ *   come before any final line; ctl_call passes them on (--json: printed
+ *   as they come; a terminal: drawn on stderr) and reads on.  Only a
+ *   request with the "progress" flag gets them, but any line that is one
+ *   is taken as one.
+ *
  * - The socket is close-on-exec: a command run by "run" must not keep the
  *   admin connection, and with it the temporary snapshot, alive after
  *   nbdsnapctl itself is gone.
@@ -204,14 +210,29 @@ ctl_call (struct ctl *c, const char *line, json_t **resp)
     return NBDSNAPCTL_EXIT_UNREACHABLE;
   }
   free (wire);
-  if (ctl_read_line (c) == -1) {
-    if (errno == ECONNRESET || errno == EPIPE)
-      ctl_msg ("%s: the server closed the admin connection",
-               proto_cmd_name (req.cmd));
-    else
-      ctl_msg ("%s: admin connection: %m", proto_cmd_name (req.cmd));
-    return NBDSNAPCTL_EXIT_UNREACHABLE;
+  c->bar.start = ctl_now ();
+  for (;;) {
+    if (ctl_read_line (c) == -1) {
+      ctl_progress_clear (c);
+      if (errno == ECONNRESET || errno == EPIPE)
+        ctl_msg ("%s: the server closed the admin connection",
+                 proto_cmd_name (req.cmd));
+      else
+        ctl_msg ("%s: admin connection: %m", proto_cmd_name (req.cmd));
+      return NBDSNAPCTL_EXIT_UNREACHABLE;
+    }
+    r = proto_parse_progress (c->line, strlen (c->line));
+    if (r == NULL)
+      break;
+    if (c->json && !c->quiet) {
+      puts (c->line);
+      fflush (stdout);
+    }
+    else if (c->draw_progress && !c->quiet)
+      ctl_progress_draw (c, r);
+    json_decref (r);
   }
+  ctl_progress_clear (c);
 
   r = proto_parse_response (c->line, strlen (c->line), &kind);
   if (r == NULL) {

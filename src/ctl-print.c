@@ -10,6 +10,15 @@
  *
  * - Tables size their columns to their contents; sizes are in IEC units
  *   (K = 1024) in tables, exact byte counts in info and --json.
+ *
+ * - A snapshot's state is shown with what goes with it: the percentage of
+ *   a delete moving chunks or of a rollback to it, or who keeps a
+ *   deferred delete waiting (ctl_state_text).
+ *
+ * - The progress line of a delete or rollback is one line on stderr,
+ *   rewritten in place with "\r" and padded over the previous one; rate
+ *   and ETA come from this client's clock, from the moment the request
+ *   was sent.  It is cleared (blanked) before anything else is printed.
  */
 #include <config.h>
 
@@ -17,12 +26,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "nbdsnapctl.h"
 
 #define CELL_MAX 96
 
-enum col_kind { COL_STR, COL_INT, COL_SIZE, COL_BOOL, COL_EXPORT };
+enum col_kind { COL_STR, COL_INT, COL_SIZE, COL_BOOL, COL_EXPORT,
+                COL_STATE };
 
 struct column {
   const char *header;
@@ -130,6 +141,10 @@ cell (char *buf, const struct column *col, json_t *row)
 {
   json_t *v = json_object_get (row, col->key);
 
+  if (col->kind == COL_STATE) {
+    ctl_state_text (row, buf, CELL_MAX);
+    return;
+  }
   if (v == NULL || json_is_null (v)) {
     strcpy (buf, "-");
     return;
@@ -152,6 +167,7 @@ cell (char *buf, const struct column *col, json_t *row)
     /* fall through */
   case COL_STR:
   case COL_INT:
+  case COL_STATE:
     if (json_is_string (v))
       snprintf (buf, CELL_MAX, "%s", json_string_value (v));
     else if (json_is_integer (v))
@@ -191,7 +207,7 @@ table (const struct column *cols, size_t ncols, json_t *rows)
       if (k + 1 == ncols)
         printf ("%s\n", s);
       else if (cols[k].kind == COL_STR || cols[k].kind == COL_EXPORT
-               || cols[k].kind == COL_BOOL)
+               || cols[k].kind == COL_BOOL || cols[k].kind == COL_STATE)
         printf ("%-*s  ", width[k], s);
       else
         printf ("%*s  ", width[k], s);
@@ -205,7 +221,7 @@ ctl_print_list (json_t *resp)
 {
   static const struct column cols[] = {
     { "NAME", "name", COL_STR }, { "CREATED", "created", COL_STR },
-    { "STATE", "state", COL_STR }, { "TEMP", "temporary", COL_BOOL },
+    { "STATE", "state", COL_STATE }, { "TEMP", "temporary", COL_BOOL },
     { "CLIENTS", "clients", COL_INT }, { "HOLDS", "holds", COL_INT },
     { "COPIED", "chunks_copied", COL_INT },
     { "STORE", "store_bytes", COL_SIZE },
@@ -242,4 +258,142 @@ ctl_print_changes (json_t *resp)
   printf (" bytes changed of ");
   ctl_print_value (stdout, json_object_get (resp, "size"));
   printf ("\n");
+}
+
+/* done/total as a whole percentage, never 100 before the end. */
+static int
+percent (uint64_t done, uint64_t total)
+{
+  if (total == 0)
+    return 0;
+  if (done >= total)
+    return 100;
+  return (int) ((double) done * 100 / total);
+}
+
+/* An integer field of obj, or 0. */
+static uint64_t
+uint_field (json_t *obj, const char *key)
+{
+  json_int_t v = json_integer_value (json_object_get (obj, key));
+
+  return v > 0 ? (uint64_t) v : 0;
+}
+
+const char *
+ctl_state_text (json_t *snap, char *buf, size_t len)
+{
+  const char *state = json_string_value (json_object_get (snap, "state"));
+  json_t *moving = json_object_get (snap, "progress");
+  json_t *rollback = json_object_get (snap, "rollback");
+
+  if (state == NULL)
+    state = "?";
+  if (strcmp (state, "deleting") == 0
+      && json_is_true (json_object_get (snap, "deferred"))) {
+    uint64_t clients = uint_field (snap, "clients");
+    uint64_t holds = uint_field (snap, "holds");
+
+    snprintf (buf, len, "deleting (deferred: %" PRIu64 " client%s, %"
+              PRIu64 " hold%s)", clients, clients == 1 ? "" : "s",
+              holds, holds == 1 ? "" : "s");
+  }
+  else if (strcmp (state, "deleting") == 0 && json_is_object (moving)
+           && uint_field (moving, "total") > 0)
+    snprintf (buf, len, "deleting %d%%",
+              percent (uint_field (moving, "done"),
+                       uint_field (moving, "total")));
+  else if (json_is_object (rollback))
+    snprintf (buf, len, "%s (rollback %d%%)", state,
+              percent (uint_field (rollback, "done"),
+                       uint_field (rollback, "total")));
+  else
+    snprintf (buf, len, "%s", state);
+  return buf;
+}
+
+double
+ctl_now (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* "512.0 MiB", "17 B". */
+static void
+iec (char *buf, size_t len, double v)
+{
+  static const char units[] = "KMGTPE";
+  int u = -1;
+
+  if (v < 1024) {
+    snprintf (buf, len, "%.0f B", v);
+    return;
+  }
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    u++;
+  }
+  snprintf (buf, len, "%.1f %ciB", v, units[u]);
+}
+
+/* "3 s", "2 min 5 s", "1 h 20 min". */
+static void
+duration (char *buf, size_t len, double secs)
+{
+  uint64_t s = secs < 0 ? 0 : (uint64_t) (secs + 0.5);
+
+  if (s < 60)
+    snprintf (buf, len, "%" PRIu64 " s", s);
+  else if (s < 3600)
+    snprintf (buf, len, "%" PRIu64 " min %" PRIu64 " s", s / 60, s % 60);
+  else
+    snprintf (buf, len, "%" PRIu64 " h %" PRIu64 " min", s / 3600,
+              s / 60 % 60);
+}
+
+void
+ctl_progress_draw (struct ctl *c, json_t *p)
+{
+  const char *what = json_string_value (json_object_get (p, "progress"));
+  const char *name = json_string_value (json_object_get (p, "name"));
+  uint64_t done = uint_field (p, "done"), total = uint_field (p, "total");
+  double elapsed = ctl_now () - c->bar.start;
+  char line[256], d[32], t[32], r[32], eta[32];
+  int n;
+
+  if (total == 0)
+    n = snprintf (line, sizeof line, "%s %s: starting", what, name);
+  else {
+    iec (d, sizeof d, done);
+    iec (t, sizeof t, total);
+    n = snprintf (line, sizeof line, "%s %s: %s of %s (%d%%)", what, name,
+                  d, t, percent (done, total));
+    if (done > 0 && elapsed > 0.1 && n < (int) sizeof line) {
+      double rate = done / elapsed;
+
+      iec (r, sizeof r, rate);
+      duration (eta, sizeof eta, done < total ? (total - done) / rate : 0);
+      n += snprintf (line + n, sizeof line - n, ", %s/s, ETA %s", r, eta);
+    }
+  }
+  if (n >= (int) sizeof line)
+    n = sizeof line - 1;
+  /* Pad over a longer previous line. */
+  fprintf (stderr, "\r%s%*s", line, c->bar.width > n ? c->bar.width - n : 0,
+           "");
+  fflush (stderr);
+  c->bar.width = n;
+}
+
+void
+ctl_progress_clear (struct ctl *c)
+{
+  if (c->bar.width == 0)
+    return;
+  fprintf (stderr, "\r%*s\r", c->bar.width, "");
+  fflush (stderr);
+  c->bar.width = 0;
 }

@@ -122,16 +122,21 @@ child (struct ctl *c, const struct ctl_session *s, const sigset_t *old)
   _exit (err == ENOENT ? 127 : 126);
 }
 
-/* The server sent a line or closed while we were waiting. */
+/* The server sent a line or closed while we were waiting.  Progress
+ * lines (a session asks for none, but the client copes with them
+ * anywhere) are skipped: a final line follows them. */
 static void
 admin_lost (struct ctl *c, const struct ctl_session *s)
 {
   const char *why = "the server closed the admin connection";
   json_t *r = NULL;
   enum proto_err kind;
+  bool got;
 
-  if (ctl_read_line (c) == 0
-      && (r = proto_parse_response (c->line, strlen (c->line), &kind)))
+  while ((got = ctl_read_line (c) == 0)
+         && (r = proto_parse_progress (c->line, strlen (c->line))) != NULL)
+    json_decref (r);
+  if (got && (r = proto_parse_response (c->line, strlen (c->line), &kind)))
     why = json_string_value (json_object_get (r, "message"));
   ctl_msg ("%s: %s", s->name, why ? why : "admin connection lost");
   json_decref (r);

@@ -13,6 +13,13 @@
  * - Exit statuses are the protocol's error kinds mapped by proto.c's table
  *   (NBDSNAPCTL_EXIT_*), so that "busy" or "not found" can be told apart
  *   by scripts; see EXIT STATUS in nbdsnapctl(1).
+ *
+ * - delete and rollback show their progress: with --json the server's
+ *   progress lines are printed as they come, on a terminal (stderr, no
+ *   --json) one line is drawn and redrawn.  Otherwise the request has no
+ *   "progress" flag, so scripts see exactly what they saw before.
+ *   --no-wait asks for "nowait" instead: the answer comes once the job is
+ *   accepted.
  */
 #include <config.h>
 
@@ -21,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "nbdsnap/err.h"
 #include "nbdsnapctl.h"
@@ -35,7 +43,10 @@ usage (FILE *fp)
 "  create NAME                       take a snapshot\n"
 "  create --temporary NAME [-- CMD...]\n"
 "                                    a snapshot that lives while this runs\n"
-"  delete [--defer|--force] NAME     delete a snapshot\n"
+"  delete NAME [--defer|--force] [--no-wait]\n"
+"                                    delete a snapshot\n"
+"  rollback NAME [--force] [--destroy-newer] [--no-wait]\n"
+"                                    make the origin read as snapshot NAME\n"
 "  list                              list snapshots\n"
 "  info NAME                         show one snapshot\n"
 "  clients                           list NBD client connections\n"
@@ -50,7 +61,10 @@ usage (FILE *fp)
 "                                    run CMD on a temporary snapshot\n"
 "\n"
 "Without CMD, 'hold' and 'create --temporary' wait for Ctrl-C, SIGTERM\n"
-"or end of standard input, then release.\n"
+"or end of standard input, then release.  Options of a command may come\n"
+"before or after NAME.  delete and rollback show their progress on a\n"
+"terminal (--json: as JSON lines); --no-wait returns once the server has\n"
+"accepted the job.\n"
 "\n"
 "Options:\n"
 "  -s, --socket SOCKET   admin socket (default: $NBDSNAP_SOCKET)\n"
@@ -80,23 +94,31 @@ enum {
   ARG_DELETE = 2,               /* --defer, --force */
   ARG_SESSION = 4,              /* --nbd-socket, --uri-base, -- CMD... */
   ARG_RUN = 8,                  /* --snapshot NAME -- CMD... (no NAME) */
+  ARG_ROLLBACK = 16,            /* --force, --destroy-newer */
+  ARG_NOWAIT = 32,              /* --no-wait */
 };
 
 struct args {
   const char *name;
   bool temporary;
   enum proto_delete_mode mode;
+  bool force;                   /* rollback --force */
+  bool destroy_newer;
+  bool nowait;
   struct ctl_session *s;
 };
 
-/* Parse a command's arguments (argv[0] is the command). */
+/* Options of argv[optind..argc), up to the first non-option (getopt may
+ * take a "--" that ends them: callers that care stop argc before it). */
 static int
-parse_args (int argc, char **argv, unsigned allowed, struct args *a)
+parse_opts (int argc, char **argv, unsigned allowed, struct args *a)
 {
   static const struct option longopts[] = {
     { "temporary", no_argument, NULL, 't' },
     { "defer", no_argument, NULL, 'D' },
     { "force", no_argument, NULL, 'F' },
+    { "destroy-newer", no_argument, NULL, 'X' },
+    { "no-wait", no_argument, NULL, 'W' },
     { "snapshot", required_argument, NULL, 'S' },
     { "nbd-socket", required_argument, NULL, 'N' },
     { "uri-base", required_argument, NULL, 'U' },
@@ -105,11 +127,13 @@ parse_args (int argc, char **argv, unsigned allowed, struct args *a)
   const char *cmd = argv[0];
   int opt;
 
-  optind = 0;                   /* glibc: start over, from argv[1] */
   opterr = 0;
   while ((opt = getopt_long (argc, argv, "+:t", longopts, NULL)) != -1) {
     unsigned need = opt == 't' ? ARG_TEMPORARY
-      : opt == 'D' || opt == 'F' ? ARG_DELETE
+      : opt == 'D' ? ARG_DELETE
+      : opt == 'F' ? ARG_DELETE | ARG_ROLLBACK
+      : opt == 'X' ? ARG_ROLLBACK
+      : opt == 'W' ? ARG_NOWAIT
       : opt == 'S' ? ARG_RUN
       : opt == 'N' || opt == 'U' ? ARG_SESSION : 0;
 
@@ -118,17 +142,39 @@ parse_args (int argc, char **argv, unsigned allowed, struct args *a)
                         argv[optind - 1]);
     if ((need & allowed) == 0)
       return ctl_usage ("%s: unknown option %s", cmd, argv[optind - 1]);
-    if ((opt == 'D' || opt == 'F') && a->mode != PROTO_DELETE_NOW)
+    if ((opt == 'D' || opt == 'F') && (allowed & ARG_DELETE)
+        && a->mode != PROTO_DELETE_NOW)
       return ctl_usage ("%s: --defer and --force exclude each other", cmd);
     switch (opt) {
     case 't': a->temporary = true; break;
     case 'D': a->mode = PROTO_DELETE_DEFER; break;
-    case 'F': a->mode = PROTO_DELETE_FORCE; break;
+    case 'F':
+      if (allowed & ARG_DELETE)
+        a->mode = PROTO_DELETE_FORCE;
+      else
+        a->force = true;
+      break;
+    case 'X': a->destroy_newer = true; break;
+    case 'W': a->nowait = true; break;
     case 'S': a->name = optarg; break;
     case 'N': a->s->nbd_socket = optarg; break;
     case 'U': a->s->uri_base = optarg; break;
     }
   }
+  return 0;
+}
+
+/* Parse a command's arguments (argv[0] is the command): options, NAME,
+ * options again, then "--" CMD... if the command takes one. */
+static int
+parse_args (int argc, char **argv, unsigned allowed, struct args *a)
+{
+  const char *cmd = argv[0];
+  int status, end;
+
+  optind = 0;                   /* glibc: start over, from argv[1] */
+  if ((status = parse_opts (argc, argv, allowed, a)) != 0)
+    return status;
   if (allowed & ARG_RUN) {      /* getopt took the "--" */
     if (a->name == NULL)
       return ctl_usage ("%s: --snapshot NAME is required", cmd);
@@ -141,9 +187,17 @@ parse_args (int argc, char **argv, unsigned allowed, struct args *a)
     a->name = argv[optind++];
     if (check_name (a->name) != 0)
       return NBDSNAPCTL_EXIT_INVALID_NAME;
+    /* Options after NAME, up to "--" (which getopt must not take). */
+    for (end = optind; end < argc && strcmp (argv[end], "--") != 0; ++end)
+      ;
+    if (optind < end
+        && (status = parse_opts (end, argv, allowed, a)) != 0)
+      return status;
+    if (optind < end)
+      return ctl_usage ("%s: unexpected argument '%s'", cmd, argv[optind]);
     if (optind == argc)
       return 0;                 /* no command */
-    if (!(allowed & ARG_SESSION) || strcmp (argv[optind], "--") != 0)
+    if (!(allowed & ARG_SESSION))
       return ctl_usage ("%s: unexpected argument '%s'", cmd, argv[optind]);
     optind++;
   }
@@ -167,7 +221,12 @@ static void
 print_flat (json_t *resp)
 {
   json_t *snap = json_object_get (resp, "snapshot");
+  char state[96];
 
+  if (snap != NULL && json_is_string (json_object_get (snap, "state")))
+    json_object_set_new (snap, "state",
+                         json_string (ctl_state_text (snap, state,
+                                                      sizeof state)));
   ctl_print_flat (NULL, snap ? snap : resp);
 }
 
@@ -180,20 +239,72 @@ print_holds (json_t *resp)
   printf (" holds\n");
 }
 
+/* A nowait job's answer. */
+static bool
+print_accepted (json_t *resp, const char *what)
+{
+  const char *name = json_string_value (json_object_get (resp, "name"));
+
+  if (!json_is_true (json_object_get (resp, "accepted")))
+    return false;
+  printf ("%s %s: accepted, going on in the server (see 'nbdsnapctl "
+          "list')\n", what, name ? name : "?");
+  return true;
+}
+
 static void
 print_deleted (json_t *resp)
 {
   const char *name = json_string_value (json_object_get (resp, "name"));
   json_int_t revoked = json_integer_value (json_object_get (resp, "revoked"));
+  json_t *moved = json_object_get (resp, "moved_bytes");
+  char size[32];
 
+  if (print_accepted (resp, "delete"))
+    return;
   if (json_is_true (json_object_get (resp, "deferred")))
     printf ("snapshot %s is hidden; its storage is freed when its last "
             "client disconnects\n", name ? name : "?");
   else if (revoked > 0)
     printf ("deleted snapshot %s (revoked %" JSON_INTEGER_FORMAT
             " client handles)\n", name ? name : "?", revoked);
+  else if (json_integer_value (moved) > 0)
+    printf ("deleted snapshot %s (moved %s into the next older "
+            "snapshot)\n", name ? name : "?",
+            ctl_human_size (moved, size, sizeof size));
   else
     printf ("deleted snapshot %s\n", name ? name : "?");
+}
+
+static void
+print_rolled_back (json_t *resp)
+{
+  const char *name = json_string_value (json_object_get (resp, "name"));
+  json_int_t revoked = json_integer_value (json_object_get (resp, "revoked"));
+  json_t *destroyed = json_object_get (resp, "destroyed");
+  json_t *kept = json_object_get (resp, "kept");
+  char size[32];
+
+  if (print_accepted (resp, "rollback"))
+    return;
+  printf ("rolled back the origin to snapshot %s (%s written",
+          name ? name : "?",
+          ctl_human_size (json_object_get (resp, "rolled_back_bytes"), size,
+                          sizeof size));
+  if (revoked > 0)
+    printf (", revoked %" JSON_INTEGER_FORMAT " origin client handles",
+            revoked);
+  printf (")\n");
+  if (json_array_size (destroyed) > 0) {
+    printf ("deleted newer snapshots: ");
+    ctl_print_value (stdout, destroyed);
+    printf ("\n");
+  }
+  if (json_array_size (kept) > 0) {
+    printf ("kept newer snapshots (in use): ");
+    ctl_print_value (stdout, kept);
+    printf ("\n");
+  }
 }
 
 /* A connection-owned create/hold, then the session that keeps it. */
@@ -276,7 +387,7 @@ run_command (struct ctl *c, int argc, char **argv)
   void (*print) (json_t *) = NULL;
   json_t *resp;
   int status, k = proto_cmd_from_name (cmd);
-  int n = NBDSNAP_ADMIN_LINE_MAX - 32;  /* longest name we pass on */
+  int n = NBDSNAP_ADMIN_LINE_MAX - 64;  /* longest name we pass on */
 
   if (strcmp (cmd, "shell") == 0)
     return shell (c, argc);
@@ -306,12 +417,20 @@ run_command (struct ctl *c, int argc, char **argv)
       : k == PROTO_CMD_CHANGES ? ctl_print_changes : print_holds;
     break;
   case PROTO_CMD_DELETE:
-    if ((status = parse_args (argc, argv, ARG_DELETE, &a)))
+  case PROTO_CMD_ROLLBACK:
+    if ((status = parse_args (argc, argv, ARG_NOWAIT
+                              | (k == PROTO_CMD_DELETE ? ARG_DELETE
+                                 : ARG_ROLLBACK), &a)))
       return status;
-    snprintf (req, sizeof req, "delete %.*s%s", n, a.name,
+    /* Progress for a terminal or for --json; plain scripts get none. */
+    c->draw_progress = !a.nowait && !c->json && isatty (STDERR_FILENO);
+    snprintf (req, sizeof req, "%s %.*s%s%s%s%s", cmd, n, a.name,
               a.mode == PROTO_DELETE_DEFER ? " defer"
-              : a.mode == PROTO_DELETE_FORCE ? " force" : "");
-    print = print_deleted;
+              : a.mode == PROTO_DELETE_FORCE || a.force ? " force" : "",
+              a.destroy_newer ? " destroy-newer" : "",
+              a.nowait ? " nowait" : "",
+              !a.nowait && (c->json || c->draw_progress) ? " progress" : "");
+    print = k == PROTO_CMD_DELETE ? print_deleted : print_rolled_back;
     break;
   case PROTO_CMD_CREATE:
   case PROTO_CMD_HOLD:

@@ -2,7 +2,7 @@
  *
  *   nbdsnapctl.c    main, options, the command table
  *   ctl-client.c    the admin connection: connect, request, response
- *   ctl-print.c     human-readable output
+ *   ctl-print.c     human-readable output, the progress line
  *   ctl-session.c   commands that keep the connection open (run, hold,
  *                   create --temporary) and the child command they run
  *
@@ -22,14 +22,24 @@
 
 #include "nbdsnap/admin.h"
 
+/* The progress line drawn on stderr (ctl-print.c). */
+struct ctl_progress {
+  double start;                 /* when the request was sent (monotonic s) */
+  int width;                    /* characters drawn, 0: no line */
+};
+
 struct ctl {
   const char *socket;           /* the admin socket's path */
-  bool json;                    /* --json: print the server's lines */
+  bool json;                    /* --json: print the server's lines,
+                                   progress lines included */
+  bool draw_progress;           /* draw progress lines on stderr */
   int fd;                       /* the admin connection, or -1 */
   char *buf;                    /* bytes received, not yet consumed */
   size_t buflen, bufcap;
   char *line;                   /* the last response line, NUL-ended */
-  bool quiet;                   /* ctl_call: don't report server errors */
+  bool quiet;                   /* ctl_call: don't report server errors
+                                   (nor print progress lines) */
+  struct ctl_progress bar;
 };
 
 /* ctl-client.c */
@@ -42,7 +52,9 @@ extern void ctl_close (struct ctl *c);
 /* Check a request line locally (the same parser as the server), send it,
  * read the response.  On success *resp is the response (caller decrefs).
  * Errors from the server are reported with their exit status; with
- * --json the error line is printed on stdout too. */
+ * --json the error line is printed on stdout too.  Progress lines before
+ * the response are printed on stdout with --json, else drawn on stderr if
+ * draw_progress; the drawn line is cleared before ctl_call returns. */
 extern int ctl_call (struct ctl *c, const char *line, json_t **resp);
 /* Read one line sent by the server; 0, or -1 on EOF/error (errno). */
 extern int ctl_read_line (struct ctl *c);
@@ -54,6 +66,14 @@ extern void ctl_print_list (json_t *resp);
 extern void ctl_print_clients (json_t *resp);
 extern void ctl_print_changes (json_t *resp);
 extern const char *ctl_human_size (json_t *v, char *buf, size_t len);
+/* A snapshot's state for people: "live", "deleting 42%",
+ * "deleting (deferred: 1 client, 0 holds)", "live (rollback 7%)"... */
+extern const char *ctl_state_text (json_t *snap, char *buf, size_t len);
+/* Draw a progress line (an object proto_parse_progress accepted) on
+ * stderr, over the last one; clear it. */
+extern void ctl_progress_draw (struct ctl *c, json_t *progress);
+extern void ctl_progress_clear (struct ctl *c);
+extern double ctl_now (void);
 
 /* ctl-session.c */
 struct ctl_session {

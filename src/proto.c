@@ -33,22 +33,40 @@
 /* Longest error message sent in a response. */
 #define MESSAGE_MAX 1024
 
+/* Keyword flags.  A flag word sets one bit; commands[] says which bits a
+ * command takes. */
+enum {
+  FLAG_TEMPORARY = 1,
+  FLAG_DEFER = 2,
+  FLAG_FORCE = 4,
+  FLAG_DESTROY_NEWER = 8,
+  FLAG_NOWAIT = 16,
+  FLAG_PROGRESS = 32,
+};
+#define FLAG_COUNT 6
+
+static const char *const flag_names[FLAG_COUNT] = {
+  "temporary", "defer", "force", "destroy-newer", "nowait", "progress",
+};
+
 static const struct {
   const char *name;
   bool takes_name;
-  const char *flags[3];             /* allowed keyword flags, NULL-ended */
+  unsigned flags;                   /* FLAG_* it accepts, each once */
 } commands[PROTO_CMD__COUNT] = {
-  [PROTO_CMD_HELLO]   = { "hello",   false, { NULL } },
-  [PROTO_CMD_CREATE]  = { "create",  true,  { "temporary", NULL } },
-  [PROTO_CMD_DELETE]  = { "delete",  true,  { "defer", "force", NULL } },
-  [PROTO_CMD_LIST]    = { "list",    false, { NULL } },
-  [PROTO_CMD_INFO]    = { "info",    true,  { NULL } },
-  [PROTO_CMD_CLIENTS] = { "clients", false, { NULL } },
-  [PROTO_CMD_HOLD]    = { "hold",    true,  { NULL } },
-  [PROTO_CMD_RELEASE] = { "release", true,  { NULL } },
-  [PROTO_CMD_CHANGES] = { "changes", true,  { NULL } },
-  [PROTO_CMD_STATS]   = { "stats",   false, { NULL } },
-  [PROTO_CMD_ROLLBACK] = { "rollback", true, { NULL } },
+  [PROTO_CMD_HELLO]    = { "hello",    false, 0 },
+  [PROTO_CMD_CREATE]   = { "create",   true,  FLAG_TEMPORARY },
+  [PROTO_CMD_DELETE]   = { "delete",   true,  FLAG_DEFER | FLAG_FORCE
+                                              | FLAG_NOWAIT | FLAG_PROGRESS },
+  [PROTO_CMD_LIST]     = { "list",     false, 0 },
+  [PROTO_CMD_INFO]     = { "info",     true,  0 },
+  [PROTO_CMD_CLIENTS]  = { "clients",  false, 0 },
+  [PROTO_CMD_HOLD]     = { "hold",     true,  0 },
+  [PROTO_CMD_RELEASE]  = { "release",  true,  0 },
+  [PROTO_CMD_CHANGES]  = { "changes",  true,  0 },
+  [PROTO_CMD_STATS]    = { "stats",    false, 0 },
+  [PROTO_CMD_ROLLBACK] = { "rollback", true,  FLAG_FORCE | FLAG_DESTROY_NEWER
+                                              | FLAG_NOWAIT | FLAG_PROGRESS },
 };
 
 static const struct {
@@ -171,7 +189,9 @@ proto_err_from_errno (int errnum)
   case ENFILE:       return PROTO_ERR_LIMIT;
   case E2BIG:
   case EMSGSIZE:     return PROTO_ERR_TOO_LARGE;
-  case ESHUTDOWN:    return PROTO_ERR_SHUTTING_DOWN;
+  case ESHUTDOWN:
+  case ECANCELED:    return PROTO_ERR_SHUTTING_DOWN;  /* a job stopped by
+                                                         admin_stop */
   default:           return PROTO_ERR_INTERNAL;
   }
 }
@@ -261,7 +281,28 @@ quote_len (const char *w, size_t len)
   return (int) len;
 }
 
-#define WORDS_MAX 4             /* command, name, flag, and one too many */
+/* The most flags a command takes (rollback: force destroy-newer nowait
+ * progress).  One flag word more than that is unknown or repeated, so the
+ * parser keeps the command, the name, FLAGS_MAX flags and one more. */
+#define FLAGS_MAX 4
+#define WORDS_MAX (2 + FLAGS_MAX + 1)
+
+/* "a, b or c": the flags in mask, for messages. */
+static void
+flag_list (char *buf, size_t len, unsigned mask)
+{
+  int n = 0, total = __builtin_popcount (mask);
+  size_t o = 0;
+
+  buf[0] = '\0';
+  for (int i = 0; i < FLAG_COUNT && o < len; ++i) {
+    if (!(mask & (1u << i)))
+      continue;
+    n++;
+    o += snprintf (buf + o, len - o, "%s%s",
+                   n == 1 ? "" : n == total ? " or " : ", ", flag_names[i]);
+  }
+}
 
 int
 proto_parse (const char *line, size_t len, struct proto_request *req,
@@ -270,6 +311,8 @@ proto_parse (const char *line, size_t len, struct proto_request *req,
   const char *word[WORDS_MAX];
   size_t wlen[WORDS_MAX];
   size_t nwords = 0, i;
+  unsigned seen = 0, allowed;
+  char expected[80];
   int cmd;
 
   memset (req, 0, sizeof *req);
@@ -323,6 +366,7 @@ proto_parse (const char *line, size_t len, struct proto_request *req,
                        "unknown command '%.*s'",
                        quote_len (word[0], wlen[0]), word[0]);
   req->cmd = cmd;
+  allowed = commands[cmd].flags;
 
   if (!commands[cmd].takes_name) {
     if (nwords > 1)
@@ -334,9 +378,10 @@ proto_parse (const char *line, size_t len, struct proto_request *req,
   if (nwords < 2)
     return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
                        "%s: missing snapshot name", commands[cmd].name);
-  if (nwords > (commands[cmd].flags[0] ? 3u : 2u))
+  if (allowed == 0 && nwords > 2)
     return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
-                       "%s: too many arguments", commands[cmd].name);
+                       "%s: too many arguments (it takes only a snapshot "
+                       "name)", commands[cmd].name);
 
   /* The name: length first, so that it fits, then the engine's rule. */
   if (wlen[1] > NBDSNAP_NAME_MAX)
@@ -352,24 +397,42 @@ proto_parse (const char *line, size_t len, struct proto_request *req,
                        "invalid snapshot name '%s': " NBDSNAP_NAME_RULE,
                        req->name);
 
-  if (nwords == 3) {
-    const char *const *f = commands[cmd].flags;
-    size_t k;
+  /* Flags, in any order, each once.  More words than the command has
+   * flags always include an unknown or a repeated one (see WORDS_MAX). */
+  for (i = 2; i < nwords && i < WORDS_MAX; ++i) {
+    unsigned bit = 0;
 
-    for (k = 0; f[k] != NULL; ++k)
-      if (strlen (f[k]) == wlen[2] && memcmp (f[k], word[2], wlen[2]) == 0)
-        break;
-    if (f[k] == NULL)
+    for (int k = 0; k < FLAG_COUNT; ++k)
+      if (strlen (flag_names[k]) == wlen[i]
+          && memcmp (flag_names[k], word[i], wlen[i]) == 0)
+        bit = 1u << k;
+    if ((bit & allowed) == 0) {
+      flag_list (expected, sizeof expected, allowed);
       return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
-                         "%s: unknown flag '%.*s' (expected %s%s%s)",
+                         "%s: unknown flag '%.*s' (it takes %s)",
                          commands[cmd].name,
-                         quote_len (word[2], wlen[2]), word[2], f[0],
-                         f[1] ? " or " : "", f[1] ? f[1] : "");
-    if (cmd == PROTO_CMD_CREATE)
-      req->temporary = true;
-    else if (cmd == PROTO_CMD_DELETE)
-      req->mode = k == 0 ? PROTO_DELETE_DEFER : PROTO_DELETE_FORCE;
+                         quote_len (word[i], wlen[i]), word[i], expected);
+    }
+    if (seen & bit)
+      return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                         "%s: flag '%.*s' given twice", commands[cmd].name,
+                         (int) wlen[i], word[i]);
+    seen |= bit;
   }
+  if ((seen & (FLAG_DEFER | FLAG_FORCE)) == (FLAG_DEFER | FLAG_FORCE)
+      && cmd == PROTO_CMD_DELETE)
+    return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                       "delete: flags 'defer' and 'force' exclude each "
+                       "other");
+
+  req->temporary = seen & FLAG_TEMPORARY;
+  req->mode = seen & FLAG_DEFER ? PROTO_DELETE_DEFER
+    : seen & FLAG_FORCE && cmd == PROTO_CMD_DELETE ? PROTO_DELETE_FORCE
+    : PROTO_DELETE_NOW;
+  req->force = cmd == PROTO_CMD_ROLLBACK && (seen & FLAG_FORCE);
+  req->destroy_newer = seen & FLAG_DESTROY_NEWER;
+  req->nowait = seen & FLAG_NOWAIT;
+  req->progress = seen & FLAG_PROGRESS;
   return 0;
 }
 
@@ -472,6 +535,15 @@ proto_hello (const char *server_version, uint64_t conn)
   return r;                     /* "o" stole cmds, even on failure */
 }
 
+json_t *
+proto_progress (enum proto_cmd cmd, const char *name, uint64_t done,
+                uint64_t total)
+{
+  return json_pack ("{s:s,s:s,s:I,s:I}", "progress", proto_cmd_name (cmd),
+                    "name", name, "done", (json_int_t) done,
+                    "total", (json_int_t) total);
+}
+
 char *
 proto_format (json_t *resp, size_t *len)
 {
@@ -523,5 +595,33 @@ proto_parse_response (const char *line, size_t len, enum proto_err *kind)
   e = json_object_get (r, "error");
   k = json_is_string (e) ? proto_err_from_name (json_string_value (e)) : -1;
   *kind = k <= PROTO_ERR_NONE ? PROTO_ERR_INTERNAL : (enum proto_err) k;
+  return r;
+}
+
+json_t *
+proto_parse_progress (const char *line, size_t len)
+{
+  json_t *r;
+  int cmd;
+
+  r = json_loadb (line, len, JSON_REJECT_DUPLICATES, NULL);
+  if (r == NULL)
+    return NULL;
+  if (!json_is_object (r) || json_object_get (r, "ok") != NULL
+      || !json_is_string (json_object_get (r, "progress"))
+      || !json_is_string (json_object_get (r, "name"))
+      || !json_is_integer (json_object_get (r, "done"))
+      || !json_is_integer (json_object_get (r, "total"))
+      || json_integer_value (json_object_get (r, "done")) < 0
+      || json_integer_value (json_object_get (r, "total")) < 0) {
+    json_decref (r);
+    return NULL;
+  }
+  cmd = proto_cmd_from_name (json_string_value (json_object_get (r,
+                                                                 "progress")));
+  if (cmd != PROTO_CMD_DELETE && cmd != PROTO_CMD_ROLLBACK) {
+    json_decref (r);
+    return NULL;
+  }
   return r;
 }

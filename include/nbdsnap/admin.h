@@ -28,7 +28,9 @@
  *                 changes NAME
  *                 stats
  *
- *               Flags after the name may come in any order, each once.
+ *               Flags after the name may come in any order, each at
+ *               most once; an unknown or repeated flag, or "defer" with
+ *               "force", is refused with "bad-request".
  *
  *   Responses   Exactly one final line per request, in request order
  *               (requests may be pipelined), each one compact JSON object:
@@ -40,22 +42,38 @@
  *               progress lines, objects without "ok" (never sent to a
  *               request without the flag):
  *
- *                 {"progress":"delete","name":N,"done":BYTES,"total":BYTES}
+ *                 {"progress":CMD,"name":N,"done":BYTES,"total":BYTES}
+ *
+ *               CMD is "delete" or "rollback"; "total" is 0 until the job
+ *               knows it.  At most one every 0.25 s, only when done or
+ *               total changed since the last one (a job that finishes
+ *               quickly sends none), never once the final line is sent.
  *
  *               "nowait": the final line comes as soon as the job is
- *               accepted (checks passed, its state persisted), with
- *               "accepted":true; the job goes on in the server, shown by
- *               list/info.  Without it the final line comes when the job
- *               has finished.  create, delete, rollback and changes run
- *               off the admin loop: while they run, other connections are
+ *               accepted (checks passed, its state persisted):
+ *               {"ok":true,"name":N,"accepted":true}; the job goes on in
+ *               the server, shown by list/info, its result only logged.
+ *               A job that fails before it is accepted (not-found,
+ *               busy...) answers with that error, as without nowait.
+ *               Without nowait the final line comes when the job has
+ *               finished; if the connection closes first, the job still
+ *               runs to its end (its answer is dropped) and the
+ *               connection's holds and temporary snapshots are released
+ *               only then.  create, delete, rollback and changes run off
+ *               the admin loop: while they run, other connections are
  *               answered at once; their own connection's later requests
- *               wait (request order).
+ *               wait (request order).  At most 64 jobs run at once; more
+ *               are refused with "limit".
  *
  *               KIND is one of the strings of enum proto_err below; "errno"
  *               is the symbolic errno name (a decimal string if the server
  *               has none).  The server also sends one unsolicited error line
  *               just before it closes a connection on its own ("permission",
- *               "limit", "line-too-long", "shutting-down").
+ *               "limit", "line-too-long", "shutting-down").  When the
+ *               server stops, running jobs are cancelled and waited for;
+ *               one that succeeded still sends its final line before
+ *               "shutting-down", one that failed sends only
+ *               "shutting-down".
  *
  * Success fields (SNAP is a snapshot object, see below):
  *
@@ -79,7 +97,9 @@
  *   stats    server-wide counters (free-form numbers), plus "admin":
  *            {"connections", "connection_limit", "accepted", "refused",
  *            "requests", "errors", "closed_slow", "accept_errors",
- *            "accept_paused"} added by the admin loop
+ *            "accept_paused", "jobs_running", "jobs_done"} added by the
+ *            admin loop (jobs_done counts jobs whose worker has returned,
+ *            detached ones included)
  *
  *   SNAP     {"name", "id", "created" (RFC 3339 UTC), "state" ("creating",
  *            "live", "deleting", "invalid"), "temporary", "clients",
@@ -230,6 +250,11 @@ extern json_t *proto_error_parse (const struct proto_parse_error *perr);
 /* The hello response for this server version. */
 extern json_t *proto_hello (const char *server_version, uint64_t conn);
 
+/* A progress line of a delete or rollback job: the command's name, the
+ * snapshot's, bytes done and total. */
+extern json_t *proto_progress (enum proto_cmd cmd, const char *name,
+                               uint64_t done, uint64_t total);
+
 /* Serialise a response as one compact JSON line ending in "\n".  Returns a
  * malloc'd string and its length, or NULL (errno ENOMEM, or E2BIG if longer
  * than NBDSNAP_ADMIN_RESPONSE_MAX).
@@ -242,6 +267,12 @@ extern char *proto_format (json_t *resp, size_t *len);
  */
 extern json_t *proto_parse_response (const char *line, size_t len,
                                      enum proto_err *kind);
+
+/* Client side: parse one line (without "\n") that may be a progress line:
+ * returns the object if it is one ("progress" "delete" or "rollback",
+ * "name", "done" and "total" non-negative integers, no "ok"), else NULL
+ * (then try proto_parse_response). */
+extern json_t *proto_parse_progress (const char *line, size_t len);
 
 /* Is [s, s+len) valid UTF-8 (no overlongs, surrogates, > U+10FFFF)? */
 extern bool proto_utf8_valid (const char *s, size_t len);

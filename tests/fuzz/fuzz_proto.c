@@ -6,13 +6,15 @@
  * crash, no leak", it checks what the rest of the server relies on:
  *
  *   - a parsed request names a known command and, if it has a name, a
- *     name the engine accepts;
+ *     name the engine accepts; only delete and rollback carry nowait or
+ *     progress, only rollback force or destroy-newer;
  *   - a refusal has a known kind and a non-empty, valid UTF-8 message;
  *   - every response built from it serialises to exactly one line that
  *     the client parses back to the same kind.
  *
- * The same bytes are also fed to the client's response parser and used
- * as an error message, to exercise the UTF-8 sanitiser.
+ * The same bytes are also fed to the client's response and progress
+ * parsers (which must never both accept a line) and used as an error
+ * message, to exercise the UTF-8 sanitiser.
  */
 #include <config.h>
 
@@ -59,7 +61,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   struct proto_request req;
   struct proto_parse_error perr;
   enum proto_err kind;
-  json_t *r;
+  json_t *r, *p;
 
   nbdsnap_set_log_handlers (quiet, quiet);
 
@@ -68,7 +70,13 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       abort ();
     if (req.name[0] != '\0' && nbdsnap_name_valid (req.name) == -1)
       abort ();
-    if (req.mode > PROTO_DELETE_FORCE)
+    if (req.mode > PROTO_DELETE_FORCE
+        || (req.mode != PROTO_DELETE_NOW && req.cmd != PROTO_CMD_DELETE))
+      abort ();
+    if ((req.nowait || req.progress) && req.cmd != PROTO_CMD_DELETE
+        && req.cmd != PROTO_CMD_ROLLBACK)
+      abort ();
+    if ((req.force || req.destroy_newer) && req.cmd != PROTO_CMD_ROLLBACK)
       abort ();
     round_trip (proto_hello ("fuzz", 1), PROTO_ERR_NONE);
   }
@@ -89,6 +97,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   r = proto_parse_response (line, size, &kind);
   if (r != NULL && (kind < PROTO_ERR_NONE || kind >= PROTO_ERR__COUNT))
     abort ();
+  p = proto_parse_progress (line, size);
+  if (p != NULL && r != NULL)
+    abort ();
   json_decref (r);
+  json_decref (p);
   return 0;
 }

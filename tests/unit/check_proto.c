@@ -1,9 +1,12 @@
 /* nbdsnap: Check suite for the admin protocol (src/proto.c).
  *
- * One TCase per behaviour: every command parses, flags, whitespace, and
- * each way a request line can be refused (empty, unknown command, arity,
- * bad name, bad flag, oversized, NUL, invalid UTF-8, control characters);
- * then the error table and the responses, both built and parsed back.
+ * One TCase per behaviour: every command parses, flags (delete's and
+ * rollback's in any order, each once), whitespace, and each way a request
+ * line can be refused (empty, unknown command, arity, bad name, bad,
+ * repeated or conflicting flag, oversized, NUL, invalid UTF-8, control
+ * characters);
+ * then the error table and the responses and progress lines, both built
+ * and parsed back.
  */
 #include <config.h>
 
@@ -43,6 +46,7 @@ START_TEST (test_commands)
     { "info a", PROTO_CMD_INFO }, { "clients", PROTO_CMD_CLIENTS },
     { "hold a", PROTO_CMD_HOLD }, { "release a", PROTO_CMD_RELEASE },
     { "changes a", PROTO_CMD_CHANGES }, { "stats", PROTO_CMD_STATS },
+    { "rollback a", PROTO_CMD_ROLLBACK },
   };
   for (size_t i = 0; i < sizeof t / sizeof t[0]; ++i) {
     ck_assert_msg (parse (t[i].line) == 0, "%s: %s", t[i].line,
@@ -55,6 +59,8 @@ START_TEST (test_commands)
   ck_assert_str_eq (req.name, "nightly-2024.01_a");
   ck_assert (!req.temporary);
   ck_assert_int_eq (req.mode, PROTO_DELETE_NOW);
+  ck_assert (!req.force && !req.destroy_newer);
+  ck_assert (!req.nowait && !req.progress);
   ck_assert_int_eq (proto_cmd_from_name ("nope"), -1);
   ck_assert_ptr_null (proto_cmd_name (PROTO_CMD__COUNT));
 }
@@ -68,14 +74,69 @@ START_TEST (test_flags)
   ck_assert_int_eq (req.mode, PROTO_DELETE_DEFER);
   ck_assert_int_eq (parse ("delete t1 force"), 0);
   ck_assert_int_eq (req.mode, PROTO_DELETE_FORCE);
+  ck_assert (!req.force);               /* rollback's field */
 
   ck_refused ("create t1 defer", PROTO_ERR_BAD_REQUEST);
   ck_refused ("create t1 --temporary", PROTO_ERR_BAD_REQUEST);
   ck_refused ("delete t1 temporary", PROTO_ERR_BAD_REQUEST);
   ck_refused ("delete t1 FORCE", PROTO_ERR_BAD_REQUEST);
   ck_refused ("delete t1 defer force", PROTO_ERR_BAD_REQUEST);
+  ck_assert_ptr_nonnull (strstr (perr.message, "exclude"));
   ck_refused ("create t1 temporary temporary", PROTO_ERR_BAD_REQUEST);
   ck_refused ("hold t1 temporary", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("create t1 nowait", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("changes t1 progress", PROTO_ERR_BAD_REQUEST);
+}
+END_TEST
+
+/* delete's and rollback's flags: any order, each once. */
+START_TEST (test_job_flags)
+{
+  ck_assert_int_eq (parse ("delete t1 nowait"), 0);
+  ck_assert (req.nowait && !req.progress);
+  ck_assert_int_eq (req.mode, PROTO_DELETE_NOW);
+  ck_assert_int_eq (parse ("delete t1 progress force nowait"), 0);
+  ck_assert (req.nowait && req.progress);
+  ck_assert_int_eq (req.mode, PROTO_DELETE_FORCE);
+  ck_assert_int_eq (parse ("delete t1 progress\tdefer"), 0);
+  ck_assert (!req.nowait && req.progress);
+  ck_assert_int_eq (req.mode, PROTO_DELETE_DEFER);
+
+  ck_assert_int_eq (parse ("rollback t1"), 0);
+  ck_assert_int_eq (req.cmd, PROTO_CMD_ROLLBACK);
+  ck_assert_str_eq (req.name, "t1");
+  ck_assert (!req.force && !req.destroy_newer && !req.nowait
+             && !req.progress);
+  ck_assert_int_eq (req.mode, PROTO_DELETE_NOW);
+  ck_assert_int_eq (parse ("rollback t1 force destroy-newer nowait "
+                           "progress"), 0);
+  ck_assert (req.force && req.destroy_newer && req.nowait && req.progress);
+  ck_assert_int_eq (req.mode, PROTO_DELETE_NOW);   /* delete's field */
+  ck_assert_int_eq (parse ("rollback t1 progress destroy-newer"), 0);
+  ck_assert (!req.force && req.destroy_newer && !req.nowait
+             && req.progress);
+
+  /* Repeated, unknown, or another command's flag. */
+  ck_refused ("delete t1 nowait nowait", PROTO_ERR_BAD_REQUEST);
+  ck_assert_ptr_nonnull (strstr (perr.message, "twice"));
+  ck_refused ("delete t1 force force", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("rollback t1 force nowait force", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("rollback t1 defer", PROTO_ERR_BAD_REQUEST);
+  ck_assert_ptr_nonnull (strstr (perr.message, "unknown flag 'defer'"));
+  ck_assert_ptr_nonnull (strstr (perr.message, "destroy-newer"));
+  ck_refused ("delete t1 destroy-newer", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("rollback t1 temporary", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("rollback t1 destroy_newer", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("rollback t1 Force", PROTO_ERR_BAD_REQUEST);
+  /* More words than flags: always one unknown or repeated, found even
+   * past the words the parser keeps. */
+  ck_refused ("rollback t1 force destroy-newer nowait progress force",
+              PROTO_ERR_BAD_REQUEST);
+  ck_refused ("rollback t1 force destroy-newer nowait progress x y z",
+              PROTO_ERR_BAD_REQUEST);
+  ck_refused ("delete t1 force nowait progress defer", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("rollback", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("rollback -x force", PROTO_ERR_INVALID_NAME);
 }
 END_TEST
 
@@ -309,7 +370,14 @@ START_TEST (test_responses)
   ck_assert_int_eq (json_integer_value (json_object_get (r, "conn")), 42);
   ck_assert_int_eq (json_array_size (json_object_get (r, "commands")),
                     PROTO_CMD__COUNT);
+  ck_assert_str_eq (json_string_value
+                    (json_array_get (json_object_get (r, "commands"),
+                                     PROTO_CMD_ROLLBACK)), "rollback");
   json_decref (r);
+
+  /* A job cancelled by the server stopping. */
+  ck_assert_int_eq (proto_err_from_errno (ECANCELED),
+                    PROTO_ERR_SHUTTING_DOWN);
 }
 END_TEST
 
@@ -342,18 +410,65 @@ START_TEST (test_parse_response)
 }
 END_TEST
 
+START_TEST (test_progress)
+{
+  json_t *r, *back;
+  enum proto_err kind;
+  char *s;
+  size_t len;
+
+  r = proto_progress (PROTO_CMD_DELETE, "b", 512, 1536);
+  s = proto_format (r, &len);
+  ck_assert_str_eq (s, "{\"progress\":\"delete\",\"name\":\"b\",\"done\":512,"
+                    "\"total\":1536}\n");
+  /* The client tells it from a response. */
+  ck_assert_ptr_null (proto_parse_response (s, len - 1, &kind));
+  back = proto_parse_progress (s, len - 1);
+  ck_assert_ptr_nonnull (back);
+  ck_assert_int_eq (json_integer_value (json_object_get (back, "done")), 512);
+  json_decref (back);
+  free (s);
+  json_decref (r);
+
+  r = proto_progress (PROTO_CMD_ROLLBACK, "a", 0, 0);
+  s = proto_format (r, &len);
+  back = proto_parse_progress (s, len - 1);
+  ck_assert_ptr_nonnull (back);
+  ck_assert_str_eq (field (back, "progress"), "rollback");
+  json_decref (back);
+  free (s);
+  json_decref (r);
+
+  /* Not progress lines. */
+  static const char *const bad[] = {
+    "{\"ok\":true}", "garbage", "[1]",
+    "{\"progress\":\"list\",\"name\":\"a\",\"done\":1,\"total\":2}",
+    "{\"progress\":\"delete\",\"name\":\"a\",\"done\":-1,\"total\":2}",
+    "{\"progress\":\"delete\",\"name\":\"a\",\"done\":1}",
+    "{\"progress\":\"delete\",\"name\":\"a\",\"done\":1,\"total\":2,"
+    "\"ok\":true}",
+    "{\"progress\":\"delete\",\"name\":1,\"done\":1,\"total\":2}",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; ++i)
+    ck_assert_msg (proto_parse_progress (bad[i], strlen (bad[i])) == NULL,
+                   "%s", bad[i]);
+}
+END_TEST
+
 static Suite *
 proto_suite (void)
 {
   Suite *s = suite_create ("proto");
   struct { const char *name; const TTest *test; } t[] = {
     { "commands", test_commands }, { "flags", test_flags },
+    { "job_flags", test_job_flags },
     { "whitespace", test_whitespace }, { "empty", test_empty },
     { "unknown", test_unknown }, { "arity", test_arity },
     { "names", test_names }, { "oversized", test_oversized },
     { "nul", test_nul }, { "utf8", test_utf8 }, { "control", test_control },
     { "error_table", test_error_table }, { "responses", test_responses },
     { "parse_response", test_parse_response },
+    { "progress", test_progress },
   };
 
   for (size_t i = 0; i < sizeof t / sizeof t[0]; ++i) {
