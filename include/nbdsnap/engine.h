@@ -45,6 +45,10 @@
  *                           word of bits; held by bitmap_or_word only)
  *             (these three are leaves: none is held while taking another)
  *
+ * Apart, a leaf that may be taken under any of the above: the admin jobs'
+ * lock (plugin/admin-job.c, jobs.lock), which admin_job_accepted takes
+ * from an operation's worker thread.
+ *
  * No lock is taken while holding a lock below it in this list.
  */
 
