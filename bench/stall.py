@@ -17,6 +17,8 @@
 # Environment of `run` (bench/stall passes it on):
 #   GIB=2              image size in GiB
 #   DURABILITY="process power"   the modes to run, one after the other
+#   ROUNDS=1           run everything this many times; then the summary
+#                      adds the median of each column per mode
 #   BASE=10            seconds of the delete scenario's baseline phase
 #   CREATES=10         snapshots created in the create phase, one a second
 #                      (its baseline phase lasts as long)
@@ -176,44 +178,51 @@ def pct(sorted_ms, p):
     return sorted_ms[i]
 
 
+class Lat(list):
+    """Latencies in ms, sorted, and when the worst request started."""
+
+    def __init__(self, pairs):
+        pairs = sorted((e - s, s) for s, e in pairs)
+        super().__init__(d / 1e6 for d, _ in pairs)
+        self.worst_start = pairs[-1][1] if pairs else None
+
+
 def window(start, end, lo, hi):
-    """Latencies (ms, sorted) of the requests that overlap [lo, hi)."""
-    return sorted((e - s) / 1e6 for s, e in zip(start, end)
-                  if e > lo and s < hi)
+    """The requests that overlap [lo, hi)."""
+    return Lat((s, e) for s, e in zip(start, end) if e > lo and s < hi)
 
 
 def overlapping(start, end, spans):
-    """Latencies (ms, sorted) of the requests that overlap any span."""
+    """The requests that overlap any of spans, which do not overlap."""
     spans = sorted(spans)
     res = []
     j = 0
     for s, e in sorted(zip(start, end)):
         while j < len(spans) and spans[j][1] <= s:
             j += 1
-        k = j
-        while k < len(spans) and spans[k][0] < e:
-            if spans[k][1] > s:
-                res.append((e - s) / 1e6)
-                break
-            k += 1
-    return sorted(res)
+        if j < len(spans) and spans[j][0] < e:
+            res.append((s, e))
+    return Lat(res)
 
 
 def fmt_ms(x):
     return "%9.2f" % x
 
 
-def row(label, secs, lat):
+def row(label, t, secs, lat):
+    """One line: the requests of a phase that began at t (ns)."""
     n = len(lat)
-    print("  %-34s %6.2f %7d %8.0f %s %s %s" % (
+    at = (lat.worst_start - t) / 1e9 if lat.worst_start is not None else 0
+    print("  %-34s %6.2f %7d %8.0f %s %s %s %+7.2f" % (
         label, secs, n, n / secs if secs > 0 else 0,
         fmt_ms(pct(lat, 50)), fmt_ms(pct(lat, 99)),
-        fmt_ms(lat[-1] if lat else float("nan"))))
+        fmt_ms(lat[-1] if lat else float("nan")), at))
 
 
 def header(what):
-    print("  %-34s %6s %7s %8s %9s %9s %9s" % (
-        what, "secs", "n", "per sec", "p50 ms", "p99 ms", "max ms"))
+    print("  %-34s %6s %7s %8s %9s %9s %9s %7s" % (
+        what, "secs", "n", "per sec", "p50 ms", "p99 ms", "max ms",
+        "max at"))
 
 
 def verdict(x, target):
@@ -340,11 +349,11 @@ def run_delete(srv, size, chunk, base, pause, res):
     print("  delete B: %.2f s, moved %.2f GiB into A; %d `list` runs failed"
           % (dsecs, moved / 2**30, lfail))
     header("4 KiB writes, QD1")
-    row("baseline (just before the delete)", blen / 1e9, before)
-    row("during delete B", (t1 - t0) / 1e9, during)
+    row("baseline (just before the delete)", t0 - blen, blen / 1e9, before)
+    row("during delete B", t0, (t1 - t0) / 1e9, during)
     header("nbdsnapctl list")
-    row("baseline", blen / 1e9, lbase)
-    row("during delete B", (t1 - t0) / 1e9, ldur)
+    row("baseline", t0 - blen, blen / 1e9, lbase)
+    row("during delete B", t0, (t1 - t0) / 1e9, ldur)
     res.update(delete_s=dsecs, moved=moved,
                del_base_p99=pct(before, 99), del_base_max=before[-1],
                del_p99=pct(during, 99),
@@ -392,6 +401,7 @@ def run_create(srv, size, creates, keep, res):
     base = window(ws, we, t0, t1)
     phase = window(ws, we, t1, t2)
     oc = overlapping(ws, we, cspans)
+    od = overlapping(ws, we, dspans)
     csecs.sort()
     print("  create: median %.1f ms, max %.1f ms" % (pct(csecs, 50),
                                                      csecs[-1]), end="")
@@ -401,17 +411,17 @@ def run_create(srv, size, creates, keep, res):
               % (pct(dsecs, 50), dsecs[-1]), end="")
     print()
     header("4 KiB writes, QD16")
-    row("baseline (no snapshot operation)", (t1 - t0) / 1e9, base)
-    row("creates phase, all writes", (t2 - t1) / 1e9, phase)
-    row("  writes overlapping a create",
+    row("baseline (no snapshot operation)", t0, (t1 - t0) / 1e9, base)
+    row("creates phase, all writes", t1, (t2 - t1) / 1e9, phase)
+    row("  writes overlapping a create", t1,
         sum(e - s for s, e in cspans) / 1e9, oc)
     if dspans:
-        row("  writes overlapping a delete",
-            sum(e - s for s, e in dspans) / 1e9,
-            overlapping(ws, we, dspans))
+        row("  writes overlapping a delete", t1,
+            sum(e - s for s, e in dspans) / 1e9, od)
     res.update(cre_base_p99=pct(base, 99), cre_base_max=base[-1],
                cre_p99=pct(phase, 99), cre_max=phase[-1],
                cre_ov_max=oc[-1] if oc else float("nan"),
+               old_ov_max=od[-1] if od else float("nan"),
                create_ms=pct(csecs, 50))
 
 
@@ -420,9 +430,43 @@ def size_arg(s):
     return int(s[:-1]) * m[s[-1].upper()] if s[-1].upper() in m else int(s)
 
 
+# The summary's columns: heading, key, format.
+SUMMARY = [
+    ("durab.", "mode", "%s"),
+    ("delete s", "delete_s", "%.2f"),
+    ("moved GiB", "moved_gib", "%.2f"),
+    ("dbase max", "del_base_max", "%.1f"),
+    ("del p99", "del_p99", "%.1f"),
+    ("del max", "del_max", "%.1f"),
+    ("lbase max", "list_base_max", "%.1f"),
+    ("list max", "list_max", "%.1f"),
+    ("cbase p99", "cre_base_p99", "%.1f"),
+    ("cbase max", "cre_base_max", "%.1f"),
+    ("cre p99", "cre_p99", "%.1f"),
+    ("cre max", "cre_max", "%.1f"),
+    ("@create", "cre_ov_max", "%.1f"),
+    ("@del-old", "old_ov_max", "%.1f"),
+    ("create ms", "create_ms", "%.1f"),
+]
+
+
+def summary_row(label, r):
+    ok = (r["del_max"] <= TARGET_WRITE_MS and r["cre_max"] <= TARGET_WRITE_MS
+          and r["list_max"] <= TARGET_LIST_MS)
+    print("%-7s" % label + " ".join("%9s" % (f % r[k]) for _, k, f in SUMMARY)
+          + " %7s" % ("pass" if ok else "FAIL"))
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
 def run(builddir, nbdkit, scratch):
     gib = float(os.environ.get("GIB", "2"))
     modes = os.environ.get("DURABILITY", "process power").split()
+    rounds = int(os.environ.get("ROUNDS", "1"))
     base = float(os.environ.get("BASE", "10"))
     creates = int(os.environ.get("CREATES", "10"))
     keep = int(os.environ.get("KEEP", "4"))
@@ -431,47 +475,47 @@ def run(builddir, nbdkit, scratch):
     os.environ["LIST_PAUSE"] = str(pause)
     size = int(gib * 2**30) // MiB * MiB
     results = []
-    for mode in modes:
-        d = tempfile.mkdtemp(prefix="stall-" + mode + ".", dir=scratch)
-        print("\n## durability=%s, chunk-size=%s, scratch %s"
-              % (mode, chunk, scratch))
-        fill(os.path.join(d, "disk.img"), size)
-        srv = Server(builddir, nbdkit, d, mode, chunk)
-        res = {"mode": mode}
-        try:
-            run_delete(srv, size, size_arg(chunk), base, pause, res)
-            run_create(srv, size, creates, keep, res)
-        finally:
-            srv.stop()
-            subprocess.run(["rm", "-rf", d])
-        results.append(res)
+    for rnd in range(rounds):
+        for mode in modes:
+            d = tempfile.mkdtemp(prefix="stall-" + mode + ".", dir=scratch)
+            print("\n## round %d of %d: durability=%s, chunk-size=%s, in %s"
+                  % (rnd + 1, rounds, mode, chunk, d))
+            fill(os.path.join(d, "disk.img"), size)
+            srv = Server(builddir, nbdkit, d, mode, chunk)
+            res = {"mode": mode}
+            try:
+                run_delete(srv, size, size_arg(chunk), base, pause, res)
+                run_create(srv, size, creates, keep, res)
+            finally:
+                srv.stop()
+                subprocess.run(["rm", "-rf", d])
+            res["moved_gib"] = res["moved"] / 2**30
+            results.append(res)
 
-    print("\n## summary (ms unless said; targets: write <= %.0f ms during "
-          "delete and during create, list <= %.0f ms)"
-          % (TARGET_WRITE_MS, TARGET_LIST_MS))
-    cols = ["durab.", "delete s", "moved GiB", "base max", "del p99",
-            "del max", "list max", "cbase max", "cre p99", "cre max",
-            "create ms", "verdict"]
-    print(" ".join("%9s" % c for c in cols))
-    status = 0
-    for r in results:
-        ok = (r["del_max"] <= TARGET_WRITE_MS
-              and r["cre_max"] <= TARGET_WRITE_MS
-              and r["list_max"] <= TARGET_LIST_MS)
-        print(" ".join("%9s" % x for x in [
-            r["mode"], "%.2f" % r["delete_s"], "%.2f" % (r["moved"] / 2**30),
-            "%.1f" % r["del_base_max"], "%.1f" % r["del_p99"],
-            "%.1f" % r["del_max"], "%.1f" % r["list_max"],
-            "%.1f" % r["cre_base_max"], "%.1f" % r["cre_p99"],
-            "%.1f" % r["cre_max"], "%.1f" % r["create_ms"],
-            "pass" if ok else "FAIL"]))
-    for r in results:
-        print("%s: worst write during delete %s; during creates %s; "
+    print("\n## summary, ms unless said (the columns: bench/README.md)")
+    print("%-7s" % "round" + " ".join("%9s" % h for h, _, _ in SUMMARY)
+          + " %7s" % "targets")
+    for i, r in enumerate(results):
+        summary_row("%d" % (i // len(modes) + 1), r)
+    meds = []
+    if rounds > 1:
+        for mode in modes:
+            rs = [r for r in results if r["mode"] == mode]
+            m = {k: median([r[k] for r in rs])
+                 for _, k, _ in SUMMARY[1:]}
+            m["mode"] = mode
+            summary_row("median", m)
+            meds.append(m)
+    else:
+        meds = results
+    for r in meds:
+        print("%s%s: worst write during delete %s; during creates %s; "
               "worst list during delete %s"
-              % (r["mode"], verdict(r["del_max"], TARGET_WRITE_MS),
+              % (r["mode"], " (median of %d)" % rounds if rounds > 1 else "",
+                 verdict(r["del_max"], TARGET_WRITE_MS),
                  verdict(r["cre_max"], TARGET_WRITE_MS),
                  verdict(r["list_max"], TARGET_LIST_MS)))
-    return status
+    return 0
 
 
 def main():
