@@ -188,21 +188,37 @@ class Lat(list):
 
 
 def window(start, end, lo, hi):
-    """The requests that overlap [lo, hi)."""
+    """The requests that overlap [lo, hi): those an operation running
+    then may have delayed."""
     return Lat((s, e) for s, e in zip(start, end) if e > lo and s < hi)
 
 
-def overlapping(start, end, spans):
-    """The requests that overlap any of spans, which do not overlap."""
+def inside(start, end, lo, hi):
+    """The requests that began and ended in [lo, hi): a baseline's."""
+    return Lat((s, e) for s, e in zip(start, end) if s >= lo and e <= hi)
+
+
+def attribute(start, end, spans):
+    """Each request that overlaps some of spans ((lo, hi, label), not
+    overlapping each other), given to the one it overlaps most: a request
+    delayed by an operation ends when it does, so it overlaps it most.
+    Returns {label: Lat}."""
     spans = sorted(spans)
-    res = []
+    res = {label: [] for _, _, label in spans}
     j = 0
     for s, e in sorted(zip(start, end)):
         while j < len(spans) and spans[j][1] <= s:
             j += 1
-        if j < len(spans) and spans[j][0] < e:
-            res.append((s, e))
-    return Lat(res)
+        best, label = 0, None
+        k = j
+        while k < len(spans) and spans[k][0] < e:
+            o = min(e, spans[k][1]) - max(s, spans[k][0])
+            if o > best:
+                best, label = o, spans[k][2]
+            k += 1
+        if label is not None:
+            res[label].append((s, e))
+    return {label: Lat(v) for label, v in res.items()}
 
 
 def fmt_ms(x):
@@ -342,9 +358,9 @@ def run_delete(srv, size, chunk, base, pause, res):
     # ending where the delete starts.
     blen = min(t1 - t0, int(base * 1e9))
     during = window(ws, we, t0, t1)
-    before = window(ws, we, t0 - blen, t0)
+    before = inside(ws, we, t0 - blen, t0)
     ldur = window(lst, le, t0, t1)
-    lbase = window(lst, le, t0 - blen, t0)
+    lbase = inside(lst, le, t0 - blen, t0)
     lfail = sum(1 for r in lrc if r != 0)
     print("  delete B: %.2f s, moved %.2f GiB into A; %d `list` runs failed"
           % (dsecs, moved / 2**30, lfail))
@@ -387,21 +403,23 @@ def run_create(srv, size, creates, keep, res):
         name = "c%d" % i
         c0 = now()
         secs, _ = srv.ctl("create", name)
-        cspans.append((c0, now()))
+        cspans.append((c0, now(), "create"))
         csecs.append(secs * 1e3)
         snaps.append(name)
         if keep and len(snaps) > keep:
+            time.sleep(max(0, (tick + 500_000_000 - now()) / 1e9))
             d0 = now()
             secs, _ = srv.ctl("delete", snaps.pop(0))
-            dspans.append((d0, now()))
+            dspans.append((d0, now(), "delete"))
             dsecs.append(secs * 1e3)
     time.sleep(max(0, (t1 + creates * 1_000_000_000 - now()) / 1e9))
     t2 = now()
     ws, we = w.stop(2)
-    base = window(ws, we, t0, t1)
+    base = inside(ws, we, t0, t1)
     phase = window(ws, we, t1, t2)
-    oc = overlapping(ws, we, cspans)
-    od = overlapping(ws, we, dspans)
+    by_op = attribute(ws, we, cspans + dspans)
+    oc = by_op.get("create", Lat([]))
+    od = by_op.get("delete", Lat([]))
     csecs.sort()
     print("  create: median %.1f ms, max %.1f ms" % (pct(csecs, 50),
                                                      csecs[-1]), end="")
@@ -414,10 +432,10 @@ def run_create(srv, size, creates, keep, res):
     row("baseline (no snapshot operation)", t0, (t1 - t0) / 1e9, base)
     row("creates phase, all writes", t1, (t2 - t1) / 1e9, phase)
     row("  writes overlapping a create", t1,
-        sum(e - s for s, e in cspans) / 1e9, oc)
+        sum(e - s for s, e, _ in cspans) / 1e9, oc)
     if dspans:
         row("  writes overlapping a delete", t1,
-            sum(e - s for s, e in dspans) / 1e9, od)
+            sum(e - s for s, e, _ in dspans) / 1e9, od)
     res.update(cre_base_p99=pct(base, 99), cre_base_max=base[-1],
                cre_p99=pct(phase, 99), cre_max=phase[-1],
                cre_ov_max=oc[-1] if oc else float("nan"),
