@@ -125,7 +125,7 @@ def writer(uri, path, log):
     r = random.Random(os.getpid())
     fd = os.open(path, os.O_WRONLY)
     n = 0
-    with open(log, "w") as lf:
+    with open(log, "w", buffering=1) as lf:
         while not stop:
             off = r.randrange(0, size - 65536)
             if r.random() < 0.75:

@@ -23,7 +23,8 @@
 #    job, "seen": answers that saw it, "deleting": answers that showed
 #    NAME deleting (with or without progress), "first": time of the first
 #    that saw it, "last": of the last (seconds since the epoch), "done",
-#    "total": the last figures seen, "killed": true if PID was killed}
+#    "total": the last figures seen, "killed": true if PID was killed,
+#    "start": when CMD was started, "end": when it was seen to have exited}
 #
 # A list that fails, or answers something other than a snapshot list,
 # exits 1 at once with a message (after killing CMD).
@@ -42,7 +43,8 @@ a = p.parse_args()
 cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
 
 r = {"status": None, "lists": 0, "seen": 0, "deleting": 0, "first": None,
-     "last": None, "done": None, "total": None, "killed": False}
+     "last": None, "done": None, "total": None, "killed": False,
+     "start": time.time(), "end": None}
 job = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                        stdout=open(a.out, "wb"), stderr=open(a.err, "wb"))
 
@@ -95,4 +97,5 @@ while job.poll() is None:
         break
 
 r["status"] = job.wait()
+r["end"] = time.time()
 print(json.dumps(r))
