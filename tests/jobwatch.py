@@ -1,7 +1,7 @@
 # nbdsnap tests: run a long nbdsnapctl job and watch it with `list' from
 # another connection (functions.sh: jobwatch).
 #
-#   jobwatch.py --ctl NBDSNAPCTL --socket SOCKET [--kill PID]
+#   jobwatch.py --ctl NBDSNAPCTL --socket SOCKET [--kill PID [--kill-at N]]
 #               [--out FILE] [--err FILE] delete|rollback NAME -- CMD...
 #
 # Starts CMD (the job, e.g. nbdsnapctl ... delete B), then runs
@@ -13,8 +13,9 @@
 # after the answer has arrived), so each one is an answer given during
 # the job.  Every progress figure seen must have 0 <= done <= total.
 #
-# --kill PID: SIGKILL PID (nbdkit) as soon as an answer sees the job with
-# done < total, then stop watching.
+# --kill PID: SIGKILL PID (nbdkit) once an answer sees the job with
+# done < total, then stop watching: the first such answer, or with
+# --kill-at N the first one with done > 0 or else the Nth.
 #
 # CMD's stdout and stderr go to the --out and --err files (default
 # /dev/null).  Prints one JSON object on stdout:
@@ -32,6 +33,7 @@ import argparse, json, os, signal, subprocess, sys, time
 
 p = argparse.ArgumentParser(allow_abbrev=False)
 p.add_argument("--kill", type=int)
+p.add_argument("--kill-at", type=int, default=1)
 p.add_argument("--out", default=os.devnull)
 p.add_argument("--err", default=os.devnull)
 p.add_argument("--ctl", required=True)
@@ -47,6 +49,9 @@ r = {"status": None, "lists": 0, "seen": 0, "deleting": 0, "first": None,
      "start": time.time(), "end": None}
 job = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                        stdout=open(a.out, "wb"), stderr=open(a.err, "wb"))
+
+
+running = 0                     # answers that saw done < total
 
 
 def die(msg):
@@ -91,7 +96,10 @@ while job.poll() is None:
     r["first"] = r["first"] or now
     r["last"] = now
     r["done"], r["total"] = fig["done"], fig["total"]
-    if a.kill is not None and fig["done"] < fig["total"]:
+    if fig["done"] < fig["total"]:
+        running += 1
+    if a.kill is not None and fig["done"] < fig["total"] and \
+       (fig["done"] > 0 or running >= a.kill_at):
         os.kill(a.kill, signal.SIGKILL)
         r["killed"] = True
         break

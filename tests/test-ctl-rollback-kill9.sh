@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # nbdsnap test: nbdkit killed (SIGKILL) in the middle of a rollback, with
-# durability=power and with durability=process.  Snapshot A of a 256 MiB
-# image full of data, a little written, snapshot B; then each round
-# overwrites the whole origin and runs "rollback A" (256 MiB to write
-# back), running `list' over and over: nbdkit is killed as soon as A
-# shows "rollback" with done < total.  nbdkit is started again on the same
-# state directory: the start finishes the rollback before it serves, so
-# the first read of the origin is A's instant; A and B read exactly their
-# instants and A shows no rollback.  Two rounds per mode; at least one
+# durability=power and with durability=process.  Snapshot A of a 256 MiB image
+# full of data, a little written, snapshot B; then each round overwrites the
+# whole origin and runs "rollback A" (256 MiB to write back), running `list'
+# over and over: nbdkit is killed once A shows "rollback" with done < total
+# (round 1: at once; round 2: once some was written back).  nbdkit is started
+# again on the same state directory: the start finishes the rollback before it
+# serves, so the first read of the origin is A's instant; A and B read exactly
+# their instants and A shows no rollback.  Two rounds per mode; at least one
 # kill per mode must find the rollback recorded in the state directory (a
-# rollback cut in the middle).  Afterwards writes to the origin land and
-# A and B keep their instants.
+# rollback cut in the middle).  Afterwards writes to the origin land and A and
+# B keep their instants.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires "$PYTHON" -c 'import nbd'
 
@@ -41,7 +41,10 @@ for mode in power process; do
     bigimg overwrite "$uri" "$model" 0 "$size" "$(( 10 * round ))"
     [ "$(file_sha "$model")" != "$a_sha" ]
 
-    jobwatch --kill "$(cat "$tmpdir/nbdkit.pid")" --err "$tmpdir/err" \
+    # Round 1 kills at the first sight of the job, round 2 once it has
+    # done something (or at the 5th sight).
+    jobwatch --kill "$(cat "$tmpdir/nbdkit.pid")" \
+      --kill-at $(( round == 1 ? 1 : 5 )) --err "$tmpdir/err" \
       rollback A -- "${ctl_cmd[@]}" --json rollback A > "$tmpdir/watch.json"
     kill9_nbdkit
     cat "$tmpdir/watch.json"

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# nbdsnap test: nbdkit killed (SIGKILL) in the middle of a long delete,
-# with durability=power and with durability=process.  Snapshot A of a
-# 256 MiB image full of data, a little written, snapshot B, the whole
-# origin overwritten: deleting B moves nearly all of B's copies into A.
-# `list' is run over and over during "delete B"; nbdkit is killed as soon
-# as it shows B deleting with done < total.  nbdkit is started again on
-# the same state directory: the open finishes the delete, so B is gone
-# (list, its files) and A reads exactly its instant, the origin what was
-# written, also after more writes.  Two rounds per mode, with a new A and
-# B each; at least one kill per mode must find B's files still there (a
-# delete cut in the middle).
+# nbdsnap test: nbdkit killed (SIGKILL) in the middle of a long delete, with
+# durability=power and with durability=process.  Snapshot A of a 256 MiB image
+# full of data, a little written, snapshot B, the whole origin overwritten:
+# deleting B moves nearly all of B's copies into A.  `list' is run over and
+# over during "delete B"; nbdkit is killed once it shows B deleting with
+# done < total (round 1: at once; round 2: once some was moved).  nbdkit is
+# started again on the same state directory: the open finishes the delete,
+# so B is gone (list, its files) and A reads exactly its instant, the origin
+# what was written, also after more writes.  Two rounds per mode, with a new
+# A and B each; at least one kill per mode must find B's files still there
+# (a delete cut in the middle).
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires "$PYTHON" -c 'import nbd'
 
@@ -41,7 +41,10 @@ import json, sys
 print("%06d" % json.load(sys.stdin)["snapshot"]["id"])')
     bigimg overwrite "$uri" "$model" 0 "$size" "$(( 10 * round ))"
 
-    jobwatch --kill "$(cat "$tmpdir/nbdkit.pid")" --err "$tmpdir/err" \
+    # Round 1 kills at the first sight of the job, round 2 once it has
+    # done something (or at the 5th sight).
+    jobwatch --kill "$(cat "$tmpdir/nbdkit.pid")" \
+      --kill-at $(( round == 1 ? 1 : 5 )) --err "$tmpdir/err" \
       delete B -- "${ctl_cmd[@]}" --json delete B > "$tmpdir/watch.json"
     kill9_nbdkit
     cat "$tmpdir/watch.json"
