@@ -104,6 +104,10 @@ while job.poll() is None:
         r["killed"] = True
         break
 
-r["status"] = job.wait()
+try:
+    r["status"] = job.wait(timeout=60)
+except subprocess.TimeoutExpired:
+    die("the job did not end within 60 s%s"
+        % (" of the kill" if r["killed"] else ""))
 r["end"] = time.time()
 print(json.dumps(r))
