@@ -39,7 +39,6 @@ for mode in power process; do
   for round in 1 2; do
     when="durability=$mode, round $round"
     bigimg overwrite "$uri" "$model" 0 "$size" "$(( 10 * round ))"
-    [ "$(file_sha "$model")" != "$a_sha" ]
 
     # Round 1 kills at the first sight of the job, round 2 once it has
     # done something (or at the 5th sight).
