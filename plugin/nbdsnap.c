@@ -12,9 +12,11 @@
  *   PARALLEL: the origin layer uses pread/pwrite only and needs no lock).
  *
  * - The snapshot engine (src/engine.c) is opened in .get_ready, with the
- *   admin socket (plugin/admin.c), so that their errors reach the user
- *   before nbdkit forks; the admin thread starts in .after_fork and stops
- *   in .cleanup, before the engine closes.
+ *   admin socket (plugin/admin.c) and the catalog, so that their errors
+ *   reach the user before nbdkit forks; the threads (the catalog's reaper,
+ *   the admin loop) start in .after_fork, since threads do not survive the
+ *   fork into the background, and stop in .cleanup, before the engine
+ *   closes.
  *
  * - Export routing: "" is the origin, read/write; any other name is a
  *   snapshot, read-only.  .open opens a handle in the snapshot catalog
@@ -182,6 +184,10 @@ nbdsnap_get_ready (void)
 static int
 nbdsnap_after_fork (void)
 {
+  /* Threads start here, not in .get_ready: they would not survive the
+   * fork into the background. */
+  if (catalog_start (catalog) == -1)
+    return -1;
   return admin_start ();
 }
 

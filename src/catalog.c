@@ -44,8 +44,9 @@
  *             nbdsnap_snap_mark_deleting, nor while taking a gate
  *             exclusive.  Under it the catalog calls nbdsnap_snap_info only
  *             (chain_lock shared, briefly).  Condition variables on it:
- *               changed     broadcast when a snapshot loses a user or an
- *                           entry goes (delete NOW's grace wait);
+ *               changed     broadcast when a snapshot or the origin loses
+ *                           a user, or an entry goes (the grace waits of
+ *                           delete NOW and rollback);
  *               reap        the reaper sleeps on it;
  *               idle        broadcast when the reaper runs out of work.
  * conn->gate  rwlock per NBD handle: each data request holds it shared
@@ -533,6 +534,8 @@ conn_close_unlocked (struct catalog *cat, struct catalog_conn *c)
     lost_user (cat, c->entry);
     c->entry = NULL;
   }
+  else
+    lost_user (cat, NULL);      /* an origin client: rollback's grace */
   return --c->refs == 0;
 }
 
@@ -1001,11 +1004,22 @@ struct rollback_job {
   ssize_t nrevoked;
 };
 
-static enum catalog_err
-begin_rollback_unlocked (struct catalog *cat, struct rollback_job *j)
+/* NBD clients of the origin, not revoked. */
+static unsigned
+origin_clients_unlocked (struct catalog *cat)
 {
   struct catalog_conn *c;
   unsigned n = 0;
+
+  for (c = cat->conns; c != NULL; c = c->next)
+    n += c->snap == NULL && !__atomic_load_n (&c->revoked, __ATOMIC_RELAXED);
+  return n;
+}
+
+static enum catalog_err
+begin_rollback_unlocked (struct catalog *cat, struct rollback_job *j)
+{
+  unsigned n;
   enum catalog_err r;
 
   if (cat->readonly)
@@ -1017,12 +1031,30 @@ begin_rollback_unlocked (struct catalog *cat, struct rollback_job *j)
   if (cat->rollback_running)
     return fail (CATALOG_ERR_BUSY, "rollback %s: a rollback to %s is in "
                  "progress", j->name, cat->rollback_target->name);
-  for (c = cat->conns; c != NULL; c = c->next)
-    n += c->snap == NULL && !__atomic_load_n (&c->revoked, __ATOMIC_RELAXED);
+  n = origin_clients_unlocked (cat);
+  /* As delete does: a client that has just disconnected (nbdcopy ... &&
+   * nbdsnapctl rollback) may not be unregistered yet. */
+  if (n > 0 && !j->force) {
+    struct timespec deadline;
+
+    clock_gettime (CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += CATALOG_BUSY_GRACE_SECONDS;
+    while ((n = origin_clients_unlocked (cat)) > 0
+           && pthread_cond_timedwait (&cat->changed, &cat->lock,
+                                      &deadline) == 0)
+      ;
+    /* The target may have gone meanwhile. */
+    r = find_live_unlocked (cat, "rollback", j->name, &j->en);
+    if (r != CATALOG_OK)
+      return r;
+    if (cat->rollback_running)
+      return fail (CATALOG_ERR_BUSY, "rollback %s: a rollback to %s is in "
+                   "progress", j->name, cat->rollback_target->name);
+  }
   if (n > 0 && !j->force)
-    return fail (CATALOG_ERR_BUSY, "rollback %s: %u NBD client(s) connected "
-                 "to the origin; disconnect them, or use --force to revoke "
-                 "them", j->name, n);
+    return fail (CATALOG_ERR_BUSY, "rollback %s: the origin is busy: %u "
+                 "NBD client(s) connected to it; disconnect them, or use "
+                 "--force to revoke them", j->name, n);
   j->nrevoked = revoke_unlocked (cat, NULL, &j->revoked);
   if (j->nrevoked == -1)
     return CATALOG_ERR_SYSTEM;
@@ -1434,14 +1466,6 @@ catalog_new (struct nbdsnap_engine *e, bool readonly)
     }
   }
   free (list);
-  list = NULL;
-  err = pthread_create (&cat->reaper, NULL, reaper, cat);
-  if (err != 0) {
-    errno = err;
-    nbdsnap_error ("pthread_create: %m");
-    goto err;
-  }
-  cat->reaper_started = true;
   return cat;
 
  err:
@@ -1450,6 +1474,23 @@ catalog_new (struct nbdsnap_engine *e, bool readonly)
   free_all (cat);
   errno = err;
   return NULL;
+}
+
+int
+catalog_start (struct catalog *cat)
+{
+  int err;
+
+  if (cat->reaper_started)
+    return 0;
+  err = pthread_create (&cat->reaper, NULL, reaper, cat);
+  if (err != 0) {
+    errno = err;
+    nbdsnap_error ("pthread_create: %m");
+    return -1;
+  }
+  cat->reaper_started = true;
+  return 0;
 }
 
 static void

@@ -142,9 +142,14 @@ struct catalog_client {
   uint64_t bytes_read, bytes_written, reads, writes;
 };
 
-/* One entry per snapshot the engine has; starts the reaper thread.
- * readonly: the origin cannot change (create and rollback refused). */
+/* One entry per snapshot the engine has.  readonly: the origin cannot
+ * change (create and rollback refused). */
 extern struct catalog *catalog_new (struct nbdsnap_engine *e, bool readonly);
+/* Start the reaper thread (deletes that a release makes due wait until
+ * then).  Separate from catalog_new because a thread does not survive a
+ * fork: the plugin calls it in .after_fork, after nbdkit daemonized.
+ * 0, or -1 with errno and a message. */
+extern int catalog_start (struct catalog *cat);
 /* Stops the reaper (a move in progress is cancelled: the next open
  * finishes it) and frees everything.  No handle may be open and no call
  * in progress. */

@@ -70,6 +70,7 @@ cstart (void)
   start (SIZE, 1, NBDSNAP_DURABILITY_PROCESS, CHUNK);
   cat = catalog_new (e, false);
   ck_assert_ptr_nonnull (cat);
+  ck_assert_int_eq (catalog_start (cat), 0);
 }
 
 static void
@@ -644,6 +645,7 @@ START_TEST (test_list_during_delete)
   eopen ();
   cat = catalog_new (e, false);
   ck_assert_ptr_nonnull (cat);
+  ck_assert_int_eq (catalog_start (cat), 0);
   ccreate ("a");
   ccreate ("b");
   {
