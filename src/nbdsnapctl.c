@@ -263,8 +263,9 @@ print_deleted (json_t *resp)
   if (print_accepted (resp, "delete"))
     return;
   if (json_is_true (json_object_get (resp, "deferred")))
-    printf ("snapshot %s is hidden; its storage is freed when its last "
-            "client disconnects\n", name ? name : "?");
+    printf ("snapshot %s is deleting (deferred): it is deleted when its "
+            "last client disconnects and its last hold is released\n",
+            name ? name : "?");
   else if (revoked > 0)
     printf ("deleted snapshot %s (revoked %" JSON_INTEGER_FORMAT
             " client handles)\n", name ? name : "?", revoked);
