@@ -41,9 +41,11 @@
 static struct catalog *cat;
 
 /* The answer to a refused catalog call: its kind, with the message
- * reported in this thread (prefixed with what for engine failures). */
+ * reported in this thread (prefixed with "CMD NAME: " for engine
+ * failures, whose messages need not name the snapshot). */
 static json_t *
-refused (enum catalog_err err, int errnum, const char *what)
+refused (enum catalog_err err, int errnum, const char *cmd,
+         const char *name)
 {
   const char *m = nbdsnap_last_error ();
   enum proto_err kind;
@@ -56,7 +58,7 @@ refused (enum catalog_err err, int errnum, const char *what)
   case CATALOG_ERR_LIMIT:     kind = PROTO_ERR_LIMIT; break;
   case CATALOG_ERR_READONLY:  kind = PROTO_ERR_READONLY; break;
   default:
-    return proto_error_errno (errnum, "%s: %s", what,
+    return proto_error_errno (errnum, "%s %s: %s", cmd, name,
                               m[0] ? m : strerror (errnum));
   }
   return proto_error (kind, errnum, "%s", m[0] ? m : strerror (errnum));
@@ -138,7 +140,7 @@ op_create (uint64_t conn, const char *name, bool temporary)
   nbdsnap_clear_error ();
   err = catalog_create (cat, conn, name, temporary, &s);
   if (err != CATALOG_OK)
-    return refused (err, errno, "create");
+    return refused (err, errno, "create", name);
   return ok_with ("snapshot", snap_json (&s));
 }
 
@@ -157,7 +159,7 @@ op_delete (uint64_t conn, const char *name, enum proto_delete_mode mode,
                         : CATALOG_DELETE_NOW,
                         p, admin_job_accepted, &res);
   if (err != CATALOG_OK)
-    return refused (err, errno, "delete");
+    return refused (err, errno, "delete", name);
   r = proto_ok ();
   if (r)
     json_object_update_new (r, json_pack ("{s:s, s:b, s:I, s:I}",
@@ -192,7 +194,7 @@ op_rollback (uint64_t conn, const char *name, bool force, bool destroy_newer,
   err = catalog_rollback (cat, conn, name, force, destroy_newer, p,
                           admin_job_accepted, &res);
   if (err != CATALOG_OK)
-    return refused (err, errno, "rollback");
+    return refused (err, errno, "rollback", name);
   r = proto_ok ();
   if (r)
     json_object_update_new (r, json_pack (
@@ -232,7 +234,7 @@ op_info (uint64_t conn, const char *name)
   nbdsnap_clear_error ();
   err = catalog_info (cat, name, &s);
   if (err != CATALOG_OK)
-    return refused (err, errno, "info");
+    return refused (err, errno, "info", name);
   return ok_with ("snapshot", snap_json (&s));
 }
 
@@ -284,7 +286,7 @@ op_hold (uint64_t conn, const char *name)
   nbdsnap_clear_error ();
   err = catalog_hold (cat, conn, name, &holds);
   if (err != CATALOG_OK)
-    return refused (err, errno, "hold");
+    return refused (err, errno, "hold", name);
   return holds_reply (name, holds);
 }
 
@@ -297,7 +299,7 @@ op_release (uint64_t conn, const char *name)
   nbdsnap_clear_error ();
   err = catalog_release (cat, conn, name, &holds);
   if (err != CATALOG_OK)
-    return refused (err, errno, "release");
+    return refused (err, errno, "release", name);
   return holds_reply (name, holds);
 }
 
@@ -331,7 +333,7 @@ op_changes (uint64_t conn, const char *name)
   nbdsnap_clear_error ();
   err = catalog_changes (cat, name, add_change, &ctx);
   if (err != CATALOG_OK)
-    r = refused (err, errno, "changes");
+    r = refused (err, errno, "changes", name);
   else {
     r = proto_ok ();
     if (r)

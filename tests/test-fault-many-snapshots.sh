@@ -114,6 +114,7 @@ coproc SHELL {
   exec timeout 300 "$nbdsnapctl" -s "$tmpdir/admin.sock" shell \
     2>"$tmpdir/shell.err"
 }
+shell_pid=$SHELL_PID     # bash unsets SHELL_PID once the coprocess is gone
 refusal=
 taken=1
 for (( i = 2; i <= 2000; i++ )); do
@@ -125,7 +126,7 @@ for (( i = 2; i <= 2000; i++ )); do
   esac
 done
 eval "exec ${SHELL[1]}>&-"
-wait "$SHELL_PID" || :
+wait "$shell_pid" 2>/dev/null || :
 echo "soft 1024, hard 1024: $taken snapshots taken; then: ${refusal:-none}"
 if [ -n "$refusal" ]; then
   grep -E -i -q 'file descriptor|RLIMIT_NOFILE|ulimit|nofile' <<<"$refusal" ||
