@@ -261,6 +261,24 @@ cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
   return r;
 }
 
+/* A create is scanning the origin's extents: note chunks first..last,
+ * which this write may turn from a hole into data.  chain_lock held
+ * shared. */
+static void
+window_note (struct nbdsnap_engine *e, uint64_t first, uint64_t last)
+{
+  struct create_window *w = __atomic_load_n (&e->window, __ATOMIC_ACQUIRE);
+  uint64_t i;
+
+  if (w == NULL)
+    return;
+  i = __atomic_fetch_add (&w->n, 1, __ATOMIC_RELAXED);
+  if (i < WINDOW_RANGES) {
+    w->first[i] = first;
+    w->last[i] = last;
+  }
+}
+
 /* Copy-on-write for [offset, offset+count); chain_lock held shared. */
 static int
 cow_range (struct nbdsnap_engine *e, uint32_t count, uint64_t offset,
@@ -271,10 +289,13 @@ cow_range (struct nbdsnap_engine *e, uint32_t count, uint64_t offset,
   bool copied = false;
   int r = 0;
 
-  if (count == 0 || e->newest == NULL)
+  if (count == 0)
     return 0;
   first = offset >> e->chunk_shift;
   last = (offset + count - 1) >> e->chunk_shift;
+  window_note (e, first, last);
+  if (e->newest == NULL)
+    return 0;
   for (c = first; c <= last && r == 0; ++c)
     r = cow_chunk (e, c, &buf, &copied);
   free (buf);

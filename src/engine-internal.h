@@ -41,9 +41,11 @@ struct nbdsnap_engine {
   /* chain_lock protects the chain (oldest/newest and every snap's
    * older/newer links, the set of snapshots; next_id is create_lock's).  Origin writes and
    * snapshot reads hold it shared for the whole request; create and delete
-   * hold it exclusive only to install or unlink a snapshot (which drains
-   * in-flight writes and reads: how a snapshot is taken at one instant);
-   * a delete's chunk moves and a rollback hold it shared.  Writer
+   * hold it exclusive only for a moment: to open a create's window, to
+   * install or unlink a snapshot (which drains in-flight writes and reads:
+   * how a snapshot is taken at one instant), to drain the writes that saw
+   * a snapshot being deleted live; a delete's chunk moves and a rollback
+   * hold it shared.  Writer
    * preferring, so creates are not starved; never taken recursively. */
   pthread_rwlock_t chain_lock;
   struct nbdsnap_snap *oldest, *newest;
@@ -65,11 +67,31 @@ struct nbdsnap_engine {
    * disk yet. */
   int cow_inflight;
 
+  /* While a create scans the origin's data extents outside the
+   * exclusive section: where origin writes land meanwhile (create.c's
+   * window; NULL otherwise).  Set and cleared with chain_lock exclusive;
+   * read by writers with it shared. */
+  struct create_window *window;
+
   int inject_errno;             /* atomic; test hook */
-  /* Test hook (nbdsnap_engine_test_move_hook); set while no delete runs. */
+  /* Test hooks (nbdsnap_engine_test_*_hook); set while no delete or
+   * create runs. */
   unsigned move_batch;
   void (*move_hook) (void *);
   void *move_hook_opaque;
+  void (*create_hook) (void *);
+  void *create_hook_opaque;
+};
+
+/* The chunk ranges origin writes touched while a create scanned the
+ * origin's data extents without pausing them (engine.c).  Writers append
+ * with chain_lock shared; the create reads it with chain_lock exclusive,
+ * when no writer is inside.  Past WINDOW_RANGES ranges, overflow: the
+ * create scans again with writes paused. */
+#define WINDOW_RANGES 1024
+struct create_window {
+  uint64_t n;                   /* atomic: ranges claimed */
+  uint64_t first[WINDOW_RANGES], last[WINDOW_RANGES];
 };
 
 /* cow.c */

@@ -29,9 +29,11 @@
  *                           snapshots; origin writes, snapshot reads, a
  *                           delete's chunk moves (per batch) and a
  *                           rollback's writes hold it shared; create and
- *                           delete hold it exclusive only to install or
- *                           unlink a snapshot: this is how in-flight
- *                           origin writes drain at create)
+ *                           delete hold it exclusive only for a moment:
+ *                           to open a create's window, to install or
+ *                           unlink a snapshot, to drain the writes that
+ *                           saw a deleted snapshot live; this is how
+ *                           in-flight origin writes drain at create)
  *           chunk lock stripe (src/engine-internal.h, rwlock per stripe
  *                           of chunks: held exclusive while a chunk is
  *                           being copied or moved, shared while a snapshot
@@ -268,6 +270,13 @@ extern void nbdsnap_engine_test_move_hook (struct nbdsnap_engine *e,
                                            unsigned batch,
                                            void (*fn) (void *),
                                            void *opaque);
+
+/* Test hook: create runs fn (opaque) after it scanned the origin's data
+ * extents and before it installs the snapshot, with no lock held (writes
+ * made there happen before the snapshot's instant); NULL: off. */
+extern void nbdsnap_engine_test_create_hook (struct nbdsnap_engine *e,
+                                             void (*fn) (void *),
+                                             void *opaque);
 
 /* Test hook: when set, a store write fails with this errno (0 = off). */
 extern void nbdsnap_engine_inject_store_error (struct nbdsnap_engine *e,

@@ -37,6 +37,12 @@
  *                  dirty; a FUA write syncs the snapshot that took its
  *                  copy, also when the newest snapshot is invalid
  *   chunk_sizes    4K, 8K, 1M chunks
+ *   create_window        (loop: 0 = a few writes, 1 = more than the
+ *                        window holds) writes that land in holes after
+ *                        create scanned the origin's data extents and
+ *                        before it installed the snapshot (the create
+ *                        hook) are in the snapshot: their chunks were
+ *                        added as candidates
  *   create_during_writes  a snapshot taken under a running writer is the
  *                  state after exactly K writes
  *   create_fails / delete_fails  a failed meta write leaves nothing
@@ -1490,6 +1496,40 @@ bg_writer (void *arg)
   return NULL;
 }
 
+static int window_writes;
+
+/* Between create's scan and its install: write into holes. */
+static void
+fill_holes (void *opaque)
+{
+  int i;
+
+  for (i = 0; i < window_writes; ++i)
+    wpat (7000 + i, 100, (uint64_t) (i % (NCHUNKS - 1)) * CHUNK + 777);
+}
+
+START_TEST (test_create_window)
+{
+  struct nbdsnap_snap *s;
+  unsigned char *want;
+
+  start (SIZE, 0, NBDSNAP_DURABILITY_PROCESS, CHUNK);   /* all holes */
+  wpat (6999, 1000, 3 * CHUNK);                         /* one data chunk */
+  window_writes = _i == 0 ? 5 : 3000;
+  nbdsnap_engine_test_create_hook (e, fill_holes, NULL);
+  s = mksnap ("w");
+  nbdsnap_engine_test_create_hook (e, NULL, NULL);
+  want = dup_model ();                  /* the hook's writes included */
+  check_snap (s, want);
+  /* And it stays so when those chunks are overwritten. */
+  wpat (7999, (uint32_t) (SIZE - 5000), 0);
+  check_snap (s, want);
+  ereopen ();
+  check_snap (nbdsnap_snap_lookup (e, "w"), want);
+  free (want);
+}
+END_TEST
+
 START_TEST (test_create_during_writes)
 {
   struct bg b = { 0 };
@@ -1563,6 +1603,7 @@ engine_suite (void)
     { "flush_fua", test_flush_fua, 2 },
     { "flush_syncs", test_flush_syncs, 1 },
     { "chunk_sizes", test_chunk_sizes, 3 },
+    { "create_window", test_create_window, 2 },
     { "create_during_writes", test_create_during_writes, 1 },
   };
 
