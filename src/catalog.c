@@ -139,7 +139,8 @@ struct catalog {
     pthread_mutex_unlock (&(cat)->lock);        \
   } while (0)
 
-/* Report one error, set errno, return the kind. */
+/* Report one refusal (nbdsnap_refuse: the caller answers it; logged as
+ * debug), set errno, return the kind. */
 static enum catalog_err __attribute__ ((format (printf, 2, 3)))
 fail (enum catalog_err kind, const char *fmt, ...)
 {
@@ -155,7 +156,7 @@ fail (enum catalog_err kind, const char *fmt, ...)
   vsnprintf (msg, sizeof msg, fmt, args);
   va_end (args);
   errno = errnos[kind];
-  nbdsnap_error ("%s", msg);
+  nbdsnap_refuse ("%s", msg);
   return kind;
 }
 

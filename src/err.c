@@ -82,3 +82,19 @@ nbdsnap_debug (const char *fmt, ...)
   va_end (args);
   errno = saved;
 }
+
+void
+nbdsnap_refuse (const char *fmt, ...)
+{
+  int saved = errno;
+  va_list args;
+
+  va_start (args, fmt);
+  vsnprintf (last_error, sizeof last_error, fmt, args);
+  va_end (args);
+  va_start (args, fmt);
+  errno = saved;
+  debug_fn (fmt, args);
+  va_end (args);
+  errno = saved;
+}

@@ -22,6 +22,12 @@ extern void nbdsnap_error (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));
 extern void nbdsnap_debug (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));
+/* A refusal the caller answers to its client (busy, not found, exists):
+ * recorded as the thread's last error (nbdsnap_last_error) like an error,
+ * but logged as debug only: it is the client's mistake or bad timing, not
+ * the server's trouble. */
+extern void nbdsnap_refuse (const char *fmt, ...)
+  __attribute__ ((format (printf, 1, 2)));
 
 /* The last message nbdsnap_error () reported in the calling thread ("" if
  * none since nbdsnap_clear_error ()): for a caller that answers a client

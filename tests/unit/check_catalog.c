@@ -43,6 +43,11 @@
 #include "engine-fixture.h"
 #include "catalog.h"
 
+/* The last refusal or error of this thread says text. */
+#define assert_said(text)                                               \
+  ck_assert_msg (strstr (nbdsnap_last_error (), (text)) != NULL, "%s",  \
+                 nbdsnap_last_error ())
+
 #define CHUNK (64 * KiB)
 #define SIZE ((uint64_t) 16 * CHUNK)
 
@@ -77,14 +82,14 @@ static void
 ccreate (const char *name)
 {
   ck_assert_msg (catalog_create (cat, 1, name, false, NULL) == CATALOG_OK,
-                 "create %s: %s", name, last_error);
+                 "create %s: %s", name, nbdsnap_last_error ());
 }
 
 static struct catalog_conn *
 copen (const char *name)
 {
   struct catalog_conn *c = catalog_conn_open (cat, name, false, "test");
-  ck_assert_msg (c != NULL, "open %s: %s", name, last_error);
+  ck_assert_msg (c != NULL, "open %s: %s", name, nbdsnap_last_error ());
   return c;
 }
 
@@ -128,14 +133,13 @@ START_TEST (test_busy)
   ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_NOW, NULL),
                     CATALOG_ERR_BUSY);
   ck_assert_int_eq (errno, EBUSY);
-  ck_assert_msg (strstr (last_error, "1 client(s)") != NULL, "%s",
-                 last_error);
+  assert_said ("1 client(s)");
   catalog_conn_close (cat, c);
   ck_assert_int_eq (catalog_hold (cat, 5, "s1", &holds), CATALOG_OK);
   ck_assert_int_eq (holds, 1);
   ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_NOW, NULL),
                     CATALOG_ERR_BUSY);
-  ck_assert_msg (strstr (last_error, "1 hold(s)") != NULL, "%s", last_error);
+  assert_said ("1 hold(s)");
   ck_assert_int_eq (catalog_release (cat, 5, "s1", &holds), CATALOG_OK);
   ck_assert_int_eq (holds, 0);
   ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_NOW, NULL), CATALOG_OK);
@@ -213,8 +217,7 @@ START_TEST (test_defer)
   ck_assert_int_eq (catalog_create (cat, 1, "s1", false, NULL),
                     CATALOG_ERR_EXISTS);
   ck_assert_int_eq (errno, EEXIST);
-  ck_assert_msg (strstr (last_error, "being deleted (deferred), still used "
-                         "by 1 client(s)") != NULL, "%s", last_error);
+  assert_said ("being deleted (deferred), still used by 1 client(s)");
   ck_assert_ptr_null (catalog_conn_open (cat, "s1", true, "test"));
   ck_assert_int_eq (errno, ENOENT);
   ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_NOW, NULL),
@@ -474,8 +477,7 @@ START_TEST (test_rollback_busy)
   ck_assert_int_eq (catalog_rollback (cat, 1, "s1", false, false, NULL, NULL,
                                       &res), CATALOG_ERR_BUSY);
   ck_assert_int_eq (errno, EBUSY);
-  ck_assert_msg (strstr (last_error, "1 NBD client(s)") != NULL, "%s",
-                 last_error);
+  assert_said ("1 NBD client(s)");
   ck_assert_int_eq (catalog_enter (oc), 0);      /* not revoked */
   catalog_leave (oc);
   ck_assert_int_eq (catalog_rollback (cat, 1, "nope", true, false, NULL,
@@ -484,9 +486,9 @@ START_TEST (test_rollback_busy)
   {
     enum catalog_err r = catalog_rollback (cat, 1, "s1", true, false, NULL,
                                            NULL, &res);
-    char msg[sizeof last_error];
+    char msg[sizeof nbdsnap_last_error ()];
 
-    snprintf (msg, sizeof msg, "%s", last_error);
+    snprintf (msg, sizeof msg, "%s", nbdsnap_last_error ());
     /* Revoked before the engine call, whatever it answers. */
     quiet_errors = 1;
     ck_assert_int_eq (catalog_enter (oc), -1);
@@ -516,7 +518,7 @@ rollback_accepted (struct nbdsnap_progress *p)
   quiet_errors = 1;
   ck_assert_ptr_null (catalog_conn_open (cat, "", false, "test"));
   ck_assert_int_eq (errno, EBUSY);
-  ck_assert_msg (strstr (last_error, "rollback") != NULL, "%s", last_error);
+  assert_said ("rollback");
   ck_assert_int_eq (catalog_rollback (cat, 2, "s1", false, false, NULL, NULL,
                                       &res), CATALOG_ERR_BUSY);
   ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_NOW, NULL),
@@ -545,7 +547,7 @@ START_TEST (test_rollback_open)
   /* After the rollback, whatever it answered, the origin opens again. */
   oc = copen ("");
   catalog_conn_close (cat, oc);
-  ck_assert_msg (r == CATALOG_OK, "rollback: %s", last_error);
+  ck_assert_msg (r == CATALOG_OK, "rollback: %s", nbdsnap_last_error ());
   catalog_rollback_result_free (&res);
 }
 END_TEST
@@ -564,7 +566,7 @@ START_TEST (test_rollback_destroy)
   ccreate ("s3");
   ck_assert_int_eq (catalog_hold (cat, 5, "s2", &holds), CATALOG_OK);
   r = catalog_rollback (cat, 1, "s1", false, true, NULL, NULL, &res);
-  ck_assert_msg (r == CATALOG_OK, "rollback: %s", last_error);
+  ck_assert_msg (r == CATALOG_OK, "rollback: %s", nbdsnap_last_error ());
   ck_assert_uint_eq (res.ndestroyed, 1);
   ck_assert_str_eq (res.destroyed[0], "s3");
   ck_assert_uint_eq (res.nkept, 1);
@@ -669,7 +671,7 @@ START_TEST (test_list_during_delete)
     usleep (2000);
   }
   pthread_join (th, NULL);
-  ck_assert_msg (d.r == CATALOG_OK, "delete b: %s", last_error);
+  ck_assert_msg (d.r == CATALOG_OK, "delete b: %s", nbdsnap_last_error ());
   fprintf (stderr, "list_during_delete: %u lists, worst %.3f s\n", polls,
            worst);
   ck_assert_msg (seen, "b was never listed deleting with progress "
