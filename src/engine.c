@@ -209,7 +209,9 @@ open_store (struct nbdsnap_engine *e, struct nbdsnap_snap *s, bool create)
 
 /* Set candidate bits for every chunk that holds data in the origin, and
  * count them: the cost follows the number of data extents, and the
- * untouched parts of the (sparse) bitmap are never read. */
+ * untouched parts of the (sparse) bitmap are never read.  Writes may run
+ * meanwhile (create's window records them): the extents may change
+ * between two lseeks, and nothing here may trust them to be consistent. */
 static int
 fill_candidates (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
 {
@@ -240,6 +242,12 @@ fill_candidates (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
       nbdsnap_error ("lseek SEEK_HOLE %s: %m", e->origin->path);
       return -1;
     }
+    /* Writes go on during the scan: a hole may have been punched at data
+     * since.  Count that byte's chunk as data (a candidate too many is
+     * harmless; the create's window holds every chunk written meanwhile)
+     * and go on past it. */
+    if (hole <= data)
+      hole = data + 1;
     if ((uint64_t) hole > e->size)
       hole = e->size;
     if ((uint64_t) data >= e->size)

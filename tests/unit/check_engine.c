@@ -43,6 +43,8 @@
  *                        before it installed the snapshot (the create
  *                        hook) are in the snapshot: their chunks were
  *                        added as candidates
+ *   create_scan_race     1000 creates while a thread punches holes and
+ *                        fills them: the extents change under the scan
  *   create_during_writes  a snapshot taken under a running writer is the
  *                  state after exactly K writes
  *   create_fails / delete_fails  a failed meta write leaves nothing
@@ -1496,6 +1498,52 @@ bg_writer (void *arg)
   return NULL;
 }
 
+/* Punch holes and fill them again, chunk after chunk, until told to
+ * stop. */
+static void *
+bg_puncher (void *arg)
+{
+  struct bg *b = arg;
+  unsigned char buf[CHUNK];
+  uint64_t k = 0;
+
+  memset (buf, 0x5a, sizeof buf);
+  while (!__atomic_load_n (&b->stop, __ATOMIC_ACQUIRE)) {
+    uint64_t c = k % (NCHUNKS - 1);
+    ck_assert_int_eq (nbdsnap_engine_zero (e, CHUNK, c * CHUNK, true, false,
+                                           false), 0);
+    ck_assert_int_eq (nbdsnap_engine_pwrite (e, buf, CHUNK, c * CHUNK,
+                                             false), 0);
+    __atomic_store_n (&b->writes, ++k, __ATOMIC_RELEASE);
+  }
+  return NULL;
+}
+
+START_TEST (test_create_scan_race)
+{
+  struct bg b = { 0 };
+  pthread_t th;
+  struct nbdsnap_snap *s;
+  char name[16];
+  int round;
+
+  /* Create scans the origin's extents while writes go on: here they
+   * punch holes and fill them, so that the extents change between the
+   * scan's SEEK_DATA and SEEK_HOLE. */
+  start (SIZE, 0, NBDSNAP_DURABILITY_PROCESS, CHUNK);
+  pthread_create (&th, NULL, bg_puncher, &b);
+  for (round = 0; round < 1000; ++round) {
+    snprintf (name, sizeof name, "r%d", round);
+    s = mksnap (name);
+    ck_assert_uint_le (info_of (s).chunks_candidate, NCHUNKS);
+    ck_assert_int_eq (nbdsnap_snap_delete (e, s), 0);
+  }
+  __atomic_store_n (&b.stop, 1, __ATOMIC_RELEASE);
+  pthread_join (th, NULL);
+  ck_assert_uint_gt (b.writes, 0);
+}
+END_TEST
+
 static int window_writes;
 
 /* Between create's scan and its install: write into holes. */
@@ -1604,6 +1652,7 @@ engine_suite (void)
     { "flush_syncs", test_flush_syncs, 1 },
     { "chunk_sizes", test_chunk_sizes, 3 },
     { "create_window", test_create_window, 2 },
+    { "create_scan_race", test_create_scan_race, 1 },
     { "create_during_writes", test_create_during_writes, 1 },
   };
 
