@@ -223,9 +223,16 @@ nbdsnap_open (int readonly)
   }
   h->readonly = readonly || origin.readonly || name[0] != '\0';
   registry_peer_string (peer, sizeof peer);
+  nbdsnap_clear_error ();
   h->conn = catalog_conn_open (catalog, name, h->readonly, peer);
-  if (h->conn == NULL) {        /* reported */
+  if (h->conn == NULL) {
+    /* A refusal is only recorded by the catalog (nbdsnap_refuse): the
+     * client sees the errno alone, so the log says why. */
+    int err = errno;
+    nbdkit_error ("%s", nbdsnap_last_error ()[0] ? nbdsnap_last_error ()
+                  : strerror (err));
     free (h);
+    errno = err;
     return NULL;
   }
   h->snap = catalog_conn_snap (h->conn);
