@@ -22,7 +22,9 @@
  * pages with the next older snapshot, link the snapshot in, state
  * creating: from here on writes copy into it, nobody reads it.  Writes
  * wait for that section only, microseconds (-D nbdsnap.engine=1 logs it
- * for each create).
+ * for each create) -- except that on tmpfs the kernel holds the file's
+ * lock while SEEK_HOLE walks its pages, and origin writes wait for that
+ * (bench/README.md, stall).
  * Outside again: write the candidate pages; in power mode flush the
  * origin (what the snapshot reads
  * from the origin must survive a power cut) and sync its files; in
