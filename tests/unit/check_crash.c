@@ -64,22 +64,12 @@ static const char *op_names[] = { "?", "write", "zero", "create", "delete" };
 static void
 setup (void)
 {
-  const char *s = getenv ("NBDSNAP_SEED");
-
   helpers_tmpdir_make ("check_crash");
   quiet_errors = 1;
   tpath (img, sizeof img, "disk.img");
   tpath (sdpath, sizeof sdpath, "state");
   tpath (logpath, sizeof logpath, "ops.log");
-  if (s && *s)
-    seed = strtoull (s, NULL, 0);
-  else {
-    struct timespec ts;
-    clock_gettime (CLOCK_REALTIME, &ts);
-    seed = ((uint64_t) ts.tv_nsec << 16) ^ ts.tv_sec ^ getpid ();
-  }
-  printf ("check_crash: seed %" PRIu64 "\n", seed);
-  fflush (stdout);
+  seed = helpers_seed ("check_crash");
   memset (snaps, 0, sizeof snaps);
 }
 

@@ -42,21 +42,11 @@ static long killed_mid, killed_before, killed_after;
 static void
 setup (void)
 {
-  const char *s = getenv ("NBDSNAP_SEED");
-
   helpers_tmpdir_make ("check_jobs_crash");
   quiet_errors = 1;
   tpath (img, sizeof img, "disk.img");
   tpath (sdpath, sizeof sdpath, "state");
-  if (s && *s)
-    seed = strtoull (s, NULL, 0);
-  else {
-    struct timespec ts;
-    clock_gettime (CLOCK_REALTIME, &ts);
-    seed = ((uint64_t) ts.tv_nsec << 16) ^ ts.tv_sec ^ getpid ();
-  }
-  printf ("check_jobs_crash: seed %" PRIu64 "\n", seed);
-  fflush (stdout);
+  seed = helpers_seed ("check_jobs_crash");
 }
 
 static void

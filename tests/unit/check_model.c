@@ -142,27 +142,17 @@ eclose (void)
 static void
 setup (void)
 {
-  const char *s = getenv ("NBDSNAP_SEED");
-
   helpers_tmpdir_make ("check_model");
   quiet_errors = 1;             /* injected errors are expected */
   tpath (img, sizeof img, "disk.img");
   tpath (sdpath, sizeof sdpath, "state");
-  if (s && *s)
-    seed = strtoull (s, NULL, 0);
-  else {
-    struct timespec ts;
-    clock_gettime (CLOCK_REALTIME, &ts);
-    seed = ((uint64_t) ts.tv_nsec << 20) ^ ts.tv_sec ^ getpid ();
-  }
+  seed = helpers_seed ("check_model");
   rng = seed;
   opno = 0;
   memset (history, 0, sizeof history);
   memset (snaps, 0, sizeof snaps);
   memset (counts, 0, sizeof counts);
   nlive = max_live = name_counter = 0;
-  printf ("check_model: seed %" PRIu64 "\n", seed);
-  fflush (stdout);
 }
 
 static void

@@ -173,6 +173,26 @@ tpath (char *buf, size_t n, const char *name)
   return buf;
 }
 
+/* A random run's seed: $NBDSNAP_SEED if set (a replay), else one made
+ * from the clock and the pid; printed as "TAG: seed N" either way. */
+static inline uint64_t
+helpers_seed (const char *tag)
+{
+  const char *s = getenv ("NBDSNAP_SEED");
+  uint64_t seed;
+
+  if (s && *s)
+    seed = strtoull (s, NULL, 0);
+  else {
+    struct timespec ts;
+    clock_gettime (CLOCK_REALTIME, &ts);
+    seed = ((uint64_t) ts.tv_nsec << 16) ^ ts.tv_sec ^ getpid ();
+  }
+  printf ("%s: seed %" PRIu64 "\n", tag, seed);
+  fflush (stdout);
+  return seed;
+}
+
 /* Deterministic pseudo-random bytes: splitmix64 of (seed, position). */
 static inline uint64_t
 splitmix64 (uint64_t *x)
