@@ -53,14 +53,16 @@
  * Reaper.  A delete that becomes due when the last user goes (an NBD close,
  * a release, an admin connection closing, a changes job ending) is never
  * run by the thread that dropped the reference (an nbdkit connection
- * thread, the admin loop): the catalog's own thread does it.
+ * thread, the admin loop): the catalog's own thread does it, started by
+ * catalog_start (after nbdkit's fork).
  *
  * Errors.  Every operation that can be refused returns enum catalog_err:
  * CATALOG_OK, or a kind that the admin protocol maps one to one, with
- * errno set as the comment of the kind says and one message reported
- * through nbdsnap_error () (nbdsnap_last_error () in the calling thread
- * has it).  CATALOG_ERR_SYSTEM: the engine (which reported its own
- * message) or malloc failed; errno says why.  Functions returning a
+ * errno set as the comment of the kind says and one message recorded
+ * through nbdsnap_refuse () (nbdsnap_last_error () in the calling thread
+ * has it; the log has it at debug level only: the caller answers it).
+ * CATALOG_ERR_SYSTEM: the engine (which reported its own message with
+ * nbdsnap_error) or malloc failed; errno says why.  Functions returning a
  * pointer or a count return NULL / -1 with errno set and a message.
  */
 #ifndef NBDSNAP_CATALOG_H
