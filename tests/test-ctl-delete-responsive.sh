@@ -29,9 +29,7 @@ start_nbdkit "$img" statedir="$bigdir/state" admin="$tmpdir/admin.sock" \
 ctl create A
 bigimg ops "$uri" "$model" "w:0:$(( 8 * M )):2"    # A copies 8 MiB
 ctl create B
-b_id=$(ctl --json info B | "$PYTHON" -c '
-import json, sys
-print("%06d" % json.load(sys.stdin)["snapshot"]["id"])')
+b_id=$(snap_file_id B)
 bigimg overwrite "$uri" "$model" 0 "$size" 3       # B copies everything
 
 # The writer, from before the delete to after it.
@@ -75,7 +73,7 @@ assert r["ok"] is True and r["name"] == "B" and r["deferred"] is False, r
 '
 
 [ "$(snap_state B)" = gone ] || fail "B is still listed after the delete"
-! ls "$bigdir/state" | grep -q "^snap-$b_id\." ||
+! snap_files_left "$bigdir/state" "$b_id" ||
   { ls -l "$bigdir/state"; fail "B's files are left"; }
 [ "$(export_sha "$a_uri")" = "$a_sha" ] ||
   fail "A is not its instant after the delete"

@@ -28,9 +28,7 @@ setup ()
   a_sha=$(file_sha "$model")
   ctl create A
   ctl create B
-  b_id=$(ctl --json info B | "$PYTHON" -c '
-import json, sys
-print("%06d" % json.load(sys.stdin)["snapshot"]["id"])')
+  b_id=$(snap_file_id B)
   bigimg overwrite "$uri" "$model" 0 "$size" "$(( 10 + $1 ))"
 }
 
@@ -43,7 +41,7 @@ B_goes ()
     fail "$1: right after the answer B is $state, not deleting"
   gone () { [ "$(snap_state B)" = gone ]; }
   until_ok 30 gone || { ctl --json list; fail "$1: B did not go"; }
-  until_ok 10 eval '! ls "$bigdir/state" | grep -q "^snap-$b_id\."' ||
+  until_ok 10 eval '! snap_files_left "$bigdir/state" "$b_id"' ||
     { ls -l "$bigdir/state"; fail "$1: B's files are left"; }
   [ "$(export_sha "$(snap_uri A)")" = "$a_sha" ] ||
     fail "$1: A is not its instant"

@@ -36,9 +36,7 @@ for mode in power process; do
     ctl create A
     bigimg ops "$uri" "$model" "w:$(( round * M )):$(( 8 * M )):$round"
     ctl create B
-    b_id=$(ctl --json info B | "$PYTHON" -c '
-import json, sys
-print("%06d" % json.load(sys.stdin)["snapshot"]["id"])')
+    b_id=$(snap_file_id B)
     bigimg overwrite "$uri" "$model" 0 "$size" "$(( 10 * round ))"
 
     # Round 1 kills at the first sight of the job, round 2 once it has
@@ -56,7 +54,7 @@ assert w["killed"], \
     "(%d lists answered during it, %d showed B deleting)" % (
         sys.argv[2], w["lists"], w["deleting"])
 PY
-    if ls "$bigdir/state" | grep -q "^snap-$b_id\."; then
+    if snap_files_left "$bigdir/state" "$b_id"; then
       echo "$when: killed in the middle of the delete"
       cut=$(( cut + 1 ))
     else
@@ -72,7 +70,7 @@ ss = json.load(open(sys.argv[1]))["snapshots"]
 assert [(s["name"], s["state"]) for s in ss] == [("A", "live")], \
     "%s: after the restart list shows %r" % (sys.argv[2], ss)
 PY
-    ! ls "$bigdir/state" | grep -q "^snap-$b_id\." ||
+    ! snap_files_left "$bigdir/state" "$b_id" ||
       { ls -l "$bigdir/state"; fail "$when: B's files are left"; }
     [ "$(export_sha "$a_uri")" = "$a_sha" ] ||
       fail "$when: A is not its instant after the restart"
