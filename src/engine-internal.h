@@ -97,13 +97,14 @@ struct create_window {
 /* cow.c */
 /* Delete's move of `from`'s chunks into `to` (from->older), in batches,
  * each with chain_lock shared; from's state is deleting.  progress: see
- * engine.h (may be NULL).  job_lock held. */
+ * engine.h (may be NULL).  job_lock held, or the engine still opening. */
 extern int cow_move_chunks (struct nbdsnap_engine *e,
                             struct nbdsnap_snap *from,
                             struct nbdsnap_snap *to,
                             struct nbdsnap_progress *p);
 /* Rollback's pass: write s's view of every chunk in its changes set to
- * the origin through the write path.  job_lock held, chain_lock not. */
+ * the origin through the write path.  job_lock held (or the engine still
+ * opening), chain_lock not. */
 extern int cow_rollback (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
                          struct nbdsnap_progress *p);
 extern int cow_sync_snap (struct nbdsnap_engine *e, struct nbdsnap_snap *s);

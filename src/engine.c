@@ -534,9 +534,10 @@ nbdsnap_snap_lookup (struct nbdsnap_engine *e, const char *name)
  * or it was never made live): state deleting (no reads, no new copies),
  * move into the next older snapshot the chunks it reads through s, unlink
  * s from the chain (chain_lock exclusive, briefly), remove its files
- * (meta first, bitmap last).  job_lock held.  If the move fails, s stays
- * in the chain, deleting (its chunks still serve the older snapshots):
- * a later delete or the next open finishes it. */
+ * (meta first, bitmap last).  job_lock held, or the engine still
+ * opening (no other thread).  If the move fails, s stays in the chain,
+ * deleting (its chunks still serve the older snapshots): a later delete
+ * or the next open finishes it. */
 static int
 finish_delete (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
                struct nbdsnap_progress *p)
