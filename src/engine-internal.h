@@ -39,13 +39,13 @@ struct nbdsnap_engine {
   pthread_mutex_t job_lock;
 
   /* chain_lock protects the chain (oldest/newest and every snap's
-   * older/newer links, the set of snapshots; next_id is create_lock's).  Origin writes and
-   * snapshot reads hold it shared for the whole request; create and delete
-   * hold it exclusive only for a moment: to open a create's window, to
-   * install or unlink a snapshot (which drains in-flight writes and reads:
-   * how a snapshot is taken at one instant), to drain the writes that saw
-   * a snapshot being deleted live; a delete's chunk moves and a rollback
-   * hold it shared.  Writer
+   * older/newer links, the set of snapshots; next_id is create_lock's).
+   * Origin writes and snapshot reads hold it shared for the whole
+   * request; create and delete hold it exclusive only for a moment: to
+   * open a create's window, to install or unlink a snapshot (which drains
+   * in-flight writes and reads: how a snapshot is taken at one instant),
+   * to drain the writes that saw a snapshot being deleted live; a
+   * delete's chunk moves and a rollback hold it shared.  Writer
    * preferring, so creates are not starved; never taken recursively. */
   pthread_rwlock_t chain_lock;
   struct nbdsnap_snap *oldest, *newest;
