@@ -166,7 +166,7 @@ run_op (struct admin_job *j)
     return ops->rollback (j->conn_id, r->name, r->force, r->destroy_newer,
                           &j->progress);
   case PROTO_CMD_CHANGES:
-    return ops->changes (j->conn_id, r->name);
+    return ops->changes (j->conn_id, r->name, r->to, r->offset, r->limit);
   default:
     abort ();                   /* admin_job_start checked admin_job_is */
   }

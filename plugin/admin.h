@@ -99,10 +99,12 @@ struct admin_ops {
    * "name", "holds". */
   json_t *(*release) (uint64_t conn, const char *name);
 
-  /* Origin extents changed since the snapshot was taken (a job).  Errors:
-   * not-found, io (invalid snapshot).  Success: "name", "size",
-   * "chunk_size", "changed_bytes", "extents". */
-  json_t *(*changes) (uint64_t conn, const char *name);
+  /* One page of the changes from name to `to` (a job).  Errors:
+   * not-found, io (invalid snapshot), bad-request (to not newer).
+   * Success: see "changes" in include/nbdsnap/admin.h. */
+  /* One page: to "" is the origin now (see "changes" in admin.h). */
+  json_t *(*changes) (uint64_t conn, const char *name, const char *to,
+                      uint64_t offset, uint64_t limit);
 
   /* Server-wide counters.  The admin loop adds its own under "admin". */
   json_t *(*stats) (uint64_t conn);

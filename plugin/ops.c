@@ -305,44 +305,54 @@ op_release (uint64_t conn, const char *name)
 
 struct changes_ctx {
   json_t *arr;
-  uint64_t total;
+  uint64_t total, zero;
 };
 
 static int
-add_change (void *opaque, uint64_t offset, uint64_t length, bool hole)
+add_change (void *opaque, uint64_t offset, uint64_t length, bool zero)
 {
   struct changes_ctx *ctx = opaque;
 
   ctx->total += length;
+  if (zero)
+    ctx->zero += length;
   return json_array_append_new (ctx->arr,
-                                json_pack ("{s:I, s:I}",
+                                json_pack ("{s:I, s:I, s:b}",
                                            "offset", (json_int_t) offset,
-                                           "length", (json_int_t) length));
+                                           "length", (json_int_t) length,
+                                           "zero", zero));
 }
 
 static json_t *
-op_changes (uint64_t conn, const char *name)
+op_changes (uint64_t conn, const char *name, const char *to,
+            uint64_t offset, uint64_t limit)
 {
   struct nbdsnap_engine *e = catalog_engine (cat);
   struct changes_ctx ctx = { .arr = json_array () };
+  uint64_t chunk = nbdsnap_engine_chunk_size (e), size = nbdsnap_engine_size (e);
+  uint64_t start = offset & ~(chunk - 1), next = start;
   enum catalog_err err;
   json_t *r = NULL;
 
   if (ctx.arr == NULL)
     return NULL;
   nbdsnap_clear_error ();
-  err = catalog_changes (cat, name, add_change, &ctx);
+  err = catalog_changes (cat, name, to, &next, limit, add_change, &ctx);
   if (err != CATALOG_OK)
     r = refused (err, errno, "changes", name);
   else {
     r = proto_ok ();
     if (r)
       json_object_update_new (r, json_pack (
-        "{s:s, s:I, s:I, s:I, s:O}",
+        "{s:s, s:o, s:I, s:I, s:I, s:o, s:I, s:I, s:O}",
         "name", name,
-        "size", (json_int_t) nbdsnap_engine_size (e),
-        "chunk_size", (json_int_t) nbdsnap_engine_chunk_size (e),
+        "to", *to ? json_string (to) : json_null (),
+        "size", (json_int_t) size,
+        "chunk_size", (json_int_t) chunk,
+        "offset", (json_int_t) (start < size ? start : size),
+        "next", next < size ? json_integer (next) : json_null (),
         "changed_bytes", (json_int_t) ctx.total,
+        "zero_bytes", (json_int_t) ctx.zero,
         "extents", ctx.arr));
   }
   json_decref (ctx.arr);

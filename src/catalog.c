@@ -1287,20 +1287,44 @@ unpin_unlocked (struct catalog *cat, struct entry *en)
   lost_user (cat, en);
 }
 
+/* Pin a, and b unless it is NULL or "". */
+static enum catalog_err
+pin_two_unlocked (struct catalog *cat, const char *a, const char *b,
+                  struct entry **ea, struct entry **eb)
+{
+  enum catalog_err r = pin_unlocked (cat, "changes", a, ea);
+
+  *eb = NULL;
+  if (r == CATALOG_OK && b != NULL && *b != '\0'
+      && (r = pin_unlocked (cat, "changes", b, eb)) != CATALOG_OK)
+    unpin_unlocked (cat, *ea);
+  return r;
+}
+
+static void
+unpin_two_unlocked (struct catalog *cat, struct entry *ea, struct entry *eb)
+{
+  unpin_unlocked (cat, ea);
+  if (eb != NULL)
+    unpin_unlocked (cat, eb);
+}
+
 enum catalog_err
-catalog_changes (struct catalog *cat, const char *name,
+catalog_changes (struct catalog *cat, const char *a, const char *b,
+                 uint64_t *offset, uint64_t max,
                  nbdsnap_extent_fn fn, void *opaque)
 {
-  struct entry *en;
+  struct entry *ea, *eb;
   enum catalog_err ret;
   int r, err;
 
-  ret = LOCKED (cat, pin_unlocked (cat, "changes", name, &en));
+  ret = LOCKED (cat, pin_two_unlocked (cat, a, b, &ea, &eb));
   if (ret != CATALOG_OK)
     return ret;
-  r = nbdsnap_snap_changes (cat->engine, en->snap, fn, opaque);
+  r = nbdsnap_snap_changes (cat->engine, ea->snap, eb ? eb->snap : NULL,
+                            offset, max, fn, opaque);
   err = errno;
-  LOCKED_VOID (cat, unpin_unlocked (cat, en));
+  LOCKED_VOID (cat, unpin_two_unlocked (cat, ea, eb));
   errno = err;
   return r == 0 ? CATALOG_OK : CATALOG_ERR_SYSTEM;
 }

@@ -262,11 +262,13 @@ extern enum catalog_err catalog_release (struct catalog *cat, uint64_t owner,
  * snapshots become deferred deletes (done by the reaper). */
 extern void catalog_owner_closed (struct catalog *cat, uint64_t owner);
 
-/* nbdsnap_snap_changes of a live snapshot, which cannot be deleted
- * meanwhile (a deferred delete waits for it).  fn runs under the engine's
- * locks: it must not call the catalog.  NOT_FOUND, SYSTEM. */
+/* One page of nbdsnap_snap_changes from live snapshot a to live snapshot
+ * to (NULL or "": the origin now), both pinned for the page (a deferred
+ * delete waits for it).  fn runs under the engine's locks: it must not
+ * call the catalog.  NOT_FOUND, SYSTEM (EINVAL: to is not newer). */
 extern enum catalog_err catalog_changes (struct catalog *cat,
-                                         const char *name,
+                                         const char *a, const char *to,
+                                         uint64_t *offset, uint64_t max,
                                          nbdsnap_extent_fn fn, void *opaque);
 
 /* Every entry, oldest first, creating and deleting ones included; *out is

@@ -584,77 +584,142 @@ nbdsnap_snap_extents (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
   return r < 0 ? -1 : 0;
 }
 
-int
-nbdsnap_snap_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
-                      nbdsnap_extent_fn fn, void *opaque)
+/* Does fd hold no data in [off, off+len)?  SEEK_DATA: a file system
+ * that cannot tell says data (the answer errs towards "may hold data"). */
+static bool
+no_data (int fd, uint64_t off, uint64_t len)
+{
+  off_t d = lseek (fd, off, SEEK_DATA);
+
+  if (d == -1)
+    return errno == ENXIO;      /* no data from off to the end */
+  return (uint64_t) d >= off + len;
+}
+
+/* Does b's view of chunk c (the origin's now, b NULL) read as zeros?
+ * chain_lock held shared. */
+static bool
+chunk_zero (struct nbdsnap_engine *e, struct nbdsnap_snap *b, uint64_t c)
+{
+  uint64_t off = c << e->chunk_shift;
+  uint32_t len = chunk_len (e, c);
+  struct nbdsnap_snap *x;
+  bool zero;
+
+  if (b == NULL)
+    return no_data (e->origin->fd, off, len);
+  if (!bitmap_test (&b->bm.candidate, c))
+    return true;
+  x = find_copy (b, c);
+  if (x != NULL)                /* a store chunk never changes once set */
+    return no_data (x->store_fd, off, len);
+  /* The origin, as read_piece: under the stripe, checked again, so that a
+   * copy-on-write of c cannot move b's bytes into a store and trim the
+   * origin between the test and the lseek. */
+  pthread_rwlock_rdlock (stripe (e, c));
+  x = find_copy (b, c);
+  zero = no_data (x ? x->store_fd : e->origin->fd, off, len);
+  pthread_rwlock_unlock (stripe (e, c));
+  return zero;
+}
+
+/* Word w of the changes set from a up to b (exclusive; NULL: newest). */
+static uint64_t
+changed_word (struct nbdsnap_snap *a, struct nbdsnap_snap *b, uint64_t w)
 {
   struct nbdsnap_snap *x;
-  uint64_t pg, w, c, run_start = 0;
-  bool in_run = false;
+  uint64_t bits = 0;
+
+  for (x = a; x != b && bits != UINT64_MAX; x = x->newer)
+    bits |= bitmap_word (&x->bm.copied, w);
+  return bits;
+}
+
+int
+nbdsnap_snap_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *a,
+                      struct nbdsnap_snap *b, uint64_t *offset, uint64_t max,
+                      nbdsnap_extent_fn fn, void *opaque)
+{
+  struct nbdsnap_snap *x, *bad = NULL;
+  uint64_t nwords = (e->nchunks + 63) / 64, w, c, n = 0;
+  uint64_t run_start = 0, run_end = 0;  /* chunks [run_start, run_end) */
+  bool in_run = false, run_zero = false;
   int r = 0;
 
+  if (*offset >= e->size) {
+    *offset = e->size;
+    return 0;
+  }
   pthread_rwlock_rdlock (&e->chain_lock);
-  if (snap_state (s) != NBDSNAP_STATE_LIVE) {
-    errno = EIO;
-    nbdsnap_error ("snapshot %s is %s: its changes are unknown", s->name,
-                   snap_state_name (snap_state (s)));
+  if (snap_state (a) != NBDSNAP_STATE_LIVE)
+    bad = a;
+  else if (b != NULL && snap_state (b) != NBDSNAP_STATE_LIVE)
+    bad = b;
+  if (bad != NULL) {
     pthread_rwlock_unlock (&e->chain_lock);
+    errno = EIO;
+    nbdsnap_error ("snapshot %s is %s: its changes are unknown", bad->name,
+                   snap_state_name (snap_state (bad)));
     return -1;
   }
-  /* Page by page: the copied pages of s and every newer snapshot are ORed
-   * into acc; a snapshot without a page there (most of them, most of the
-   * time) costs one pointer test. */
-  for (pg = 0; pg < s->bm.copied.npages && r == 0; ++pg) {
-    uint64_t acc[BITMAP_PAGE_WORDS];
-    bool any = false, all = false;
-
-    for (x = s; x != NULL && !all; x = x->newer) {
-      const uint64_t *p = bitmap_page (&x->bm.copied, pg);
-      if (p == NULL)
-        continue;
-      if (p == bitmap_ones)
-        all = true;
-      else if (!any)
-        for (w = 0; w < BITMAP_PAGE_WORDS; ++w)
-          acc[w] = __atomic_load_n (&p[w], __ATOMIC_ACQUIRE);
-      else
-        for (w = 0; w < BITMAP_PAGE_WORDS; ++w)
-          acc[w] |= __atomic_load_n (&p[w], __ATOMIC_ACQUIRE);
-      any = true;
-    }
-    if (all)
-      memset (acc, 0xff, sizeof acc);
-    else if (!any) {
-      if (in_run) {
-        in_run = false;
-        r = fn (opaque, run_start << e->chunk_shift,
-                ((pg << BITMAP_PAGE_SHIFT) - run_start) << e->chunk_shift,
-                false);
-      }
-      continue;
-    }
-    for (w = 0; w < BITMAP_PAGE_WORDS && r == 0; ++w) {
-      uint64_t bits = acc[w], base = (pg * BITMAP_PAGE_WORDS + w) * 64;
-      if ((bits == 0 && !in_run) || (bits == UINT64_MAX && in_run))
-        continue;
-      for (c = base; c < base + 64 && c < e->nchunks && r == 0; ++c) {
-        bool set = (bits >> (c & 63)) & 1;
-        if (set && !in_run) {
-          run_start = c;
-          in_run = true;
-        }
-        else if (!set && in_run) {
-          in_run = false;
-          r = fn (opaque, run_start << e->chunk_shift,
-                  (c - run_start) << e->chunk_shift, false);
-        }
-      }
-    }
+  for (x = a; x != NULL && x != b; x = x->newer)
+    ;
+  if (x != b) {
+    pthread_rwlock_unlock (&e->chain_lock);
+    errno = EINVAL;
+    nbdsnap_error ("snapshot %s is not newer than %s: changes go from the "
+                   "older snapshot to the newer", b->name, a->name);
+    return -1;
   }
-  if (in_run && r == 0)
+
+  c = *offset >> e->chunk_shift;
+  for (w = c / 64; w < nwords && r == 0; ++w) {
+    uint64_t bits = a == b ? 0 : changed_word (a, b, w);
+
+    if (c > w * 64)             /* the first word: from c on */
+      bits &= ~0ull << (c & 63);
+    if (bits == 0)
+      continue;
+    for (; bits != 0 && r == 0; bits &= bits - 1) {
+      bool zero;
+
+      c = w * 64 + __builtin_ctzll (bits);
+      if (c >= e->nchunks)
+        break;
+      zero = chunk_zero (e, b, c);
+      if (in_run && c == run_end && zero == run_zero) {
+        run_end++;
+        continue;
+      }
+      if (in_run) {
+        if (n == max)           /* the page is full: the next starts at c */
+          break;
+        r = fn (opaque, run_start << e->chunk_shift,
+                (run_end - run_start) << e->chunk_shift, run_zero);
+        n++;
+      }
+      in_run = true;
+      run_start = c;
+      run_end = c + 1;
+      run_zero = zero;
+    }
+    if (bits != 0)
+      break;
+  }
+  if (r == 0 && in_run && n == max) {
+    *offset = run_start << e->chunk_shift;
+    pthread_rwlock_unlock (&e->chain_lock);
+    return 0;
+  }
+  if (r == 0 && in_run) {
+    uint64_t end = run_end << e->chunk_shift;
+
     r = fn (opaque, run_start << e->chunk_shift,
-        e->size - (run_start << e->chunk_shift), false);
+            (end < e->size ? end : e->size) - (run_start << e->chunk_shift),
+            run_zero);
+  }
   pthread_rwlock_unlock (&e->chain_lock);
+  *offset = e->size;
   return r < 0 ? -1 : 0;
 }
 

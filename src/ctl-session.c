@@ -238,3 +238,23 @@ ctl_session_run (struct ctl *c, const struct ctl_session *s)
   sigprocmask (SIG_SETMASK, &old, NULL);
   return status;
 }
+
+char *
+ctl_nbd_uri (struct ctl *c, const struct ctl_session *s,
+             const char *export, int *status)
+{
+  struct ctl_session t = { .name = export };
+  char *uri;
+
+  if (s != NULL) {
+    t.uri_base = s->uri_base;
+    t.nbd_socket = s->nbd_socket;
+  }
+  uri = ctl_export_uri (&t, status);
+  if (uri == NULL && *status == 0) {
+    ctl_msg ("where is the NBD server? pass --nbd-socket PATH (not built "
+             "yet: asking the server)");
+    *status = NBDSNAPCTL_EXIT_USAGE;
+  }
+  return uri;
+}

@@ -52,7 +52,15 @@ usage (FILE *fp)
 "  clients                           list NBD client connections\n"
 "  hold NAME [-- CMD...]             pin a snapshot while this runs\n"
 "  release NAME                      drop a hold of this connection\n"
-"  changes NAME                      origin extents changed since NAME\n"
+"  changes A [B]                     extents that differ between snapshot A\n"
+"                                    and B (default: the origin now)\n"
+"  backup SNAP DEST [--since OLD] [--connections N] [--verify]\n"
+"                                    copy a snapshot (or what changed since\n"
+"                                    OLD) into a file or block device\n"
+"  send [--from A] B                 rbd diff v1 stream of B (or of what\n"
+"                                    changed from A to B) on stdout\n"
+"  receive                           apply a stream from stdin to the\n"
+"                                    origin, then create its snapshot\n"
 "  stats                             server counters\n"
 "  hello                             protocol and server version\n"
 "  shell                             protocol requests from stdin, one\n"
@@ -392,6 +400,14 @@ run_command (struct ctl *c, int argc, char **argv)
 
   if (strcmp (cmd, "shell") == 0)
     return shell (c, argc);
+  if (k == PROTO_CMD_CHANGES)
+    return ctl_changes (c, argc, argv);
+  if (strcmp (cmd, "backup") == 0)
+    return ctl_backup (c, argc, argv);
+  if (strcmp (cmd, "send") == 0)
+    return ctl_send (c, argc, argv);
+  if (strcmp (cmd, "receive") == 0)
+    return ctl_receive (c, argc, argv);
   if (strcmp (cmd, "run") == 0) {
     if ((status = parse_args (argc, argv, ARG_RUN | ARG_SESSION, &a)))
       return status;
@@ -410,12 +426,11 @@ run_command (struct ctl *c, int argc, char **argv)
     print = k == PROTO_CMD_LIST ? ctl_print_list
       : k == PROTO_CMD_CLIENTS ? ctl_print_clients : print_flat;
     break;
-  case PROTO_CMD_INFO: case PROTO_CMD_RELEASE: case PROTO_CMD_CHANGES:
+  case PROTO_CMD_INFO: case PROTO_CMD_RELEASE:
     if ((status = parse_args (argc, argv, 0, &a)))
       return status;
     snprintf (req, sizeof req, "%s %.*s", cmd, n, a.name);
-    print = k == PROTO_CMD_INFO ? print_flat
-      : k == PROTO_CMD_CHANGES ? ctl_print_changes : print_holds;
+    print = k == PROTO_CMD_INFO ? print_flat : print_holds;
     break;
   case PROTO_CMD_DELETE:
   case PROTO_CMD_ROLLBACK:

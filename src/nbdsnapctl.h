@@ -4,7 +4,13 @@
  *   ctl-client.c    the admin connection: connect, request, response
  *   ctl-print.c     human-readable output, the progress line
  *   ctl-session.c   commands that keep the connection open (run, hold,
- *                   create --temporary) and the child command they run
+ *                   create --temporary) and the child command they run;
+ *                   where the NBD server is (ctl_nbd_uri)
+ *   ctl-changes.c   the changes set, page by page (changes, and the
+ *                   commands below)
+ *   ctl-backup.c    backup: a snapshot, or what changed since an older
+ *                   one, into a file or device, over libnbd
+ *   ctl-stream.c    send and receive: rbd diff v1 streams
  *
  * Convention: functions that can fail print one line on stderr
  * ("nbdsnapctl: ...") and return an exit status (NBDSNAPCTL_EXIT_*, see
@@ -16,6 +22,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include <jansson.h>
@@ -92,5 +99,44 @@ extern int ctl_session_run (struct ctl *c, const struct ctl_session *s);
  * with *status set after a message if the base is not a usable URI, with
  * *status 0 if nothing says where the NBD server is.  Caller frees. */
 extern char *ctl_export_uri (const struct ctl_session *s, int *status);
+
+/* Where the NBD server is: the URI of export `export` ("" for the
+ * origin) from s->uri_base, else s->nbd_socket, else the first of the
+ * server's "nbd" URIs (hello; c is connected if it is not yet).  s may be
+ * NULL (then only hello).  NULL with *status set after a message if none
+ * is known or the base is not usable.  Caller frees. */
+extern char *ctl_nbd_uri (struct ctl *c, const struct ctl_session *s,
+                          const char *export, int *status);
+
+/* ctl-changes.c */
+/* An extent of a changes set; zero: the newer instant reads as zeros
+ * there.  Returns 0 to go on, else that value ends ctl_changes_each. */
+typedef int (*ctl_extent_fn) (void *opaque, uint64_t offset,
+                              uint64_t length, bool zero);
+struct ctl_changes_info {
+  uint64_t size;                /* image bytes */
+  uint64_t chunk_size;
+  uint64_t changed_bytes;       /* the sum of the lengths, at the end */
+  uint64_t zero_bytes;          /* of which zero */
+  uint64_t extents;             /* how many fn was called for */
+};
+/* "changes a [b]" page by page on c's connection (connected here if it
+ * is not yet; b NULL: until now), calling fn for each extent in order,
+ * with pieces that a page end cut merged again.  Memory stays bounded by
+ * one page.  info (may be NULL) is filled from the pages.  Returns an
+ * exit status (server errors reported as ctl_call does), or fn's
+ * non-zero value. */
+extern int ctl_changes_each (struct ctl *c, const char *a, const char *b,
+                             ctl_extent_fn fn, void *opaque,
+                             struct ctl_changes_info *info);
+/* The changes command: argv[0] is "changes". */
+extern int ctl_changes (struct ctl *c, int argc, char **argv);
+
+/* ctl-backup.c: argv[0] is "backup". */
+extern int ctl_backup (struct ctl *c, int argc, char **argv);
+
+/* ctl-stream.c: argv[0] is "send" or "receive". */
+extern int ctl_send (struct ctl *c, int argc, char **argv);
+extern int ctl_receive (struct ctl *c, int argc, char **argv);
 
 #endif /* NBDSNAPCTL_H */

@@ -304,6 +304,95 @@ flag_list (char *buf, size_t len, unsigned mask)
   }
 }
 
+/* A decimal value word "KEY=N" (no sign, no spaces): 1 and *v if it is
+ * KEY's, 0 if the word is not KEY=..., -1 (after parse_fail) if N is
+ * bad. */
+static int
+value_word (struct proto_parse_error *perr, const char *key,
+            const char *w, size_t len, uint64_t *v)
+{
+  size_t k = strlen (key), i;
+  uint64_t n = 0;
+
+  if (len <= k || memcmp (w, key, k) != 0 || w[k] != '=')
+    return 0;
+  if (len == k + 1 || len - k - 1 > 20)
+    goto bad;
+  for (i = k + 1; i < len; ++i) {
+    unsigned d = w[i] - '0';
+
+    if (w[i] < '0' || w[i] > '9' || n > UINT64_MAX / 10
+        || (n == UINT64_MAX / 10 && d > UINT64_MAX % 10))
+      goto bad;
+    n = n * 10 + d;
+  }
+  *v = n;
+  return 1;
+ bad:
+  return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                     "changes: bad value in '%.*s' (a decimal number)",
+                     quote_len (w, len), w);
+}
+
+/* changes NAME [NAME2] [offset=N] [limit=N]: words from the third on. */
+static int
+parse_changes (struct proto_request *req, struct proto_parse_error *perr,
+               const char *word[], const size_t wlen[], size_t nwords)
+{
+  bool have_offset = false, have_limit = false;
+  size_t i;
+  int r;
+
+  req->limit = NBDSNAP_CHANGES_PAGE;
+  if (nwords > 5)
+    return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                       "changes: too many arguments (it takes NAME "
+                       "[NAME2] [offset=N] [limit=N])");
+  for (i = 2; i < nwords; ++i) {
+    if ((r = value_word (perr, "offset", word[i], wlen[i],
+                         &req->offset)) != 0) {
+      if (r == -1)
+        return -1;
+      if (have_offset)
+        return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                           "changes: offset given twice");
+      have_offset = true;
+    }
+    else if ((r = value_word (perr, "limit", word[i], wlen[i],
+                              &req->limit)) != 0) {
+      if (r == -1)
+        return -1;
+      if (have_limit)
+        return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                           "changes: limit given twice");
+      if (req->limit < 1 || req->limit > NBDSNAP_CHANGES_PAGE_MAX)
+        return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                           "changes: limit must be 1 to %d",
+                           NBDSNAP_CHANGES_PAGE_MAX);
+      have_limit = true;
+    }
+    else if (i == 2) {          /* NAME2 */
+      if (wlen[i] > NBDSNAP_NAME_MAX)
+        return parse_fail (perr, PROTO_ERR_INVALID_NAME,
+                           "invalid snapshot name '%.*s...': longer than "
+                           "%d characters", quote_len (word[i], wlen[i]),
+                           word[i], NBDSNAP_NAME_MAX);
+      memcpy (req->to, word[i], wlen[i]);
+      req->to[wlen[i]] = '\0';
+      if (!nbdsnap_name_ok (req->to))
+        return parse_fail (perr, PROTO_ERR_INVALID_NAME,
+                           "invalid snapshot name '%s': " NBDSNAP_NAME_RULE,
+                           req->to);
+    }
+    else
+      return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                         "changes: unexpected '%.*s' (it takes NAME "
+                         "[NAME2] [offset=N] [limit=N])",
+                         quote_len (word[i], wlen[i]), word[i]);
+  }
+  return 0;
+}
+
 int
 proto_parse (const char *line, size_t len, struct proto_request *req,
              struct proto_parse_error *perr)
@@ -378,7 +467,7 @@ proto_parse (const char *line, size_t len, struct proto_request *req,
   if (nwords < 2)
     return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
                        "%s: missing snapshot name", commands[cmd].name);
-  if (allowed == 0 && nwords > 2)
+  if (allowed == 0 && nwords > 2 && cmd != PROTO_CMD_CHANGES)
     return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
                        "%s: too many arguments (it takes only a snapshot "
                        "name)", commands[cmd].name);
@@ -396,6 +485,9 @@ proto_parse (const char *line, size_t len, struct proto_request *req,
     return parse_fail (perr, PROTO_ERR_INVALID_NAME,
                        "invalid snapshot name '%s': " NBDSNAP_NAME_RULE,
                        req->name);
+
+  if (cmd == PROTO_CMD_CHANGES)
+    return parse_changes (req, perr, word, wlen, nwords);
 
   /* Flags, in any order, each once.  More words than the command has
    * flags always include an unknown or a repeated one (see WORDS_MAX). */

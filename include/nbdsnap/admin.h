@@ -25,12 +25,14 @@
  *                 clients
  *                 hold NAME
  *                 release NAME
- *                 changes NAME
+ *                 changes NAME [NAME2] [offset=N] [limit=N]
  *                 stats
  *
  *               Flags after the name may come in any order, each at
  *               most once; an unknown or repeated flag, or "defer" with
- *               "force", is refused with "bad-request".
+ *               "force", is refused with "bad-request".  changes takes a
+ *               second snapshot name (right after the first) and two
+ *               value words, "offset=N" and "limit=N" (decimal, no sign).
  *
  *   Responses   Exactly one final line per request, in request order
  *               (requests may be pipelined), each one compact JSON object:
@@ -78,7 +80,12 @@
  * Success fields (SNAP is a snapshot object, see below):
  *
  *   hello    "protocol": N, "server": "nbdsnap", "version": "X.Y.Z",
- *            "commands": [names], "conn": admin connection id
+ *            "commands": [names], "conn": admin connection id,
+ *            "nbd": [URIs] where nbdkit listens for NBD clients, found at
+ *            start-up from its listening sockets ("nbd+unix:///?socket=
+ *            /abs/path", "nbd://HOST:PORT"; empty if none was found):
+ *            nbdsnapctl's backup, send and receive use the first unless
+ *            told otherwise
  *   create   "snapshot": SNAP
  *   delete   "name", "deferred": true if storage is freed only when the last
  *            client disconnects, "revoked": handles revoked by force,
@@ -92,8 +99,27 @@
  *            "bytes_written", "revoked"}, ...]
  *   hold     "name", "holds": pins on it after the request (all connections)
  *   release  "name", "holds"
- *   changes  "name", "size" (image bytes), "chunk_size", "changed_bytes",
- *            "extents": [{"offset", "length"}, ...] merged, in order
+ *   changes  one page of the extents that differ between NAME's instant
+ *            and NAME2's (without NAME2: the origin now): the union of
+ *            the copied bits of NAME and of every snapshot newer than it
+ *            and older than NAME2.  NAME2 must be newer than NAME
+ *            ("bad-request", EINVAL, otherwise; NAME2 = NAME: nothing
+ *            changed).  Fields: "name", "to" (NAME2 or null), "size"
+ *            (image bytes), "chunk_size", "offset" (where this page
+ *            starts: the request's offset rounded down to a chunk),
+ *            "next" (the offset to ask for next, null after the last
+ *            page), "changed_bytes" (this page's), "zero_bytes" (this
+ *            page's), "extents": [{"offset", "length", "zero"}, ...]
+ *            merged, in order, at most limit of them (default
+ *            NBDSNAP_CHANGES_PAGE, at most NBDSNAP_CHANGES_PAGE_MAX),
+ *            covering every changed chunk in [offset, next).  "zero":
+ *            NAME2's (or the origin's) content there reads as zeros
+ *            (a hole, trimmed or zeroed): a copier may punch or zero
+ *            instead of reading; false means "may hold data".  An
+ *            extent may be cut at a page's end; the next page goes on.
+ *            Both snapshots are pinned only while a page is computed:
+ *            a client that pages through a long list holds them
+ *            (hold) on its connection.
  *   stats    server-wide counters (free-form numbers), plus "admin":
  *            {"connections", "connection_limit", "accepted", "refused",
  *            "requests", "errors", "closed_slow", "accept_errors",
@@ -127,11 +153,15 @@
 
 #include "nbdsnap/engine.h"
 
-#define NBDSNAP_ADMIN_PROTOCOL 2
+#define NBDSNAP_ADMIN_PROTOCOL 3
 /* Longest request line, including its "\n". */
 #define NBDSNAP_ADMIN_LINE_MAX 4096
 /* Longest response line; a bigger one is replaced by a "too-large" error. */
 #define NBDSNAP_ADMIN_RESPONSE_MAX (64u * 1024u * 1024u)
+/* Extents in one changes page: by default, and at most (about 60 bytes
+ * of JSON each: a full page stays far below NBDSNAP_ADMIN_RESPONSE_MAX). */
+#define NBDSNAP_CHANGES_PAGE 16384
+#define NBDSNAP_CHANGES_PAGE_MAX 262144
 
 enum proto_cmd {
   PROTO_CMD_HELLO = 0,
@@ -204,6 +234,11 @@ struct proto_request {
   bool destroy_newer;               /* rollback */
   bool nowait;                      /* delete, rollback */
   bool progress;                    /* delete, rollback */
+  char to[NBDSNAP_NAME_MAX + 1];    /* changes: NAME2, "" for now */
+  uint64_t offset;                  /* changes: offset=N, else 0 */
+  uint64_t limit;                   /* changes: limit=N (1 to
+                                       NBDSNAP_CHANGES_PAGE_MAX), else
+                                       NBDSNAP_CHANGES_PAGE */
 };
 
 /* Why a request line was refused: kind and a message for the client. */

@@ -257,10 +257,23 @@ extern int nbdsnap_snap_extents (struct nbdsnap_engine *e,
                                  uint64_t count, nbdsnap_extent_fn fn,
                                  void *opaque);
 
-/* The origin extents changed since s was taken (union of copied bits from
- * s to the newest snapshot), merged into maximal ranges, in order. */
+/* Changes between two instants: the chunks that differ between snapshot
+ * a's instant and snapshot b's (b newer than a), or the origin now (b
+ * NULL) -- the union of the copied bits of a and of every snapshot newer
+ * than a and older than b -- merged into maximal ranges, in order, each
+ * with hole = b's view (or the origin's) reads as zeros there (the chunk
+ * is no candidate of b, or its source, store or origin, has no data in
+ * it: found with SEEK_DATA; a chunk only partly a hole is reported as
+ * data).  One page at a time: starts at *offset (rounded down to a
+ * chunk), calls fn for at most max ranges, and sets *offset to where the
+ * next page starts (the image size after the last).  chain_lock is held
+ * shared for one page only; the caller keeps a and b from being deleted
+ * (the catalog's pins).  Fails with EIO if a or b is not live, EINVAL if
+ * b is not newer than a (a == b: no changes). */
 extern int nbdsnap_snap_changes (struct nbdsnap_engine *e,
-                                 struct nbdsnap_snap *s,
+                                 struct nbdsnap_snap *a,
+                                 struct nbdsnap_snap *b,
+                                 uint64_t *offset, uint64_t max,
                                  nbdsnap_extent_fn fn, void *opaque);
 
 /* Test hook: a delete's move runs fn (opaque) after each batch of batch

@@ -419,7 +419,10 @@ changes_thread (void *v)
 {
   struct changes_job *j = v;
 
-  j->r = catalog_changes (cat, "s1", changes_cb, j);
+  uint64_t off = 0;
+
+  j->r = catalog_changes (cat, "s1", NULL, &off, 1000,
+                          changes_cb, j);
   return NULL;
 }
 
@@ -427,6 +430,7 @@ START_TEST (test_pin)
 {
   struct changes_job j = { 0 };
   struct catalog_delete_result res;
+  uint64_t off = 0;
   struct catalog_snap s;
   pthread_t th;
 
@@ -457,7 +461,8 @@ START_TEST (test_pin)
   ck_assert (!find_snap ("s1", &s, NULL));
   ck_assert_ptr_null (nbdsnap_snap_lookup (e, "s1"));
   quiet_errors = 1;
-  ck_assert_int_eq (catalog_changes (cat, "s1", changes_cb, &j),
+  ck_assert_int_eq (catalog_changes (cat, "s1", NULL, &off,
+                                     1000, changes_cb, &j),
                     CATALOG_ERR_NOT_FOUND);
 }
 END_TEST

@@ -946,7 +946,7 @@ START_TEST (test_invalid_inject)        /* loop */
   check_origin ();
   /* changes() of an invalid snapshot is an error. */
   errno = 0;
-  ck_assert_int_eq (nbdsnap_snap_changes (e, b, collect_ext,
+  ck_assert_int_eq (helpers_changes (e, b, NULL, collect_ext,
                                           &(struct ext_list){ .n = 0 }), -1);
   ck_assert_int_eq (errno, EIO);
   /* So is extents(): an invalid snapshot says nothing about its data. */
@@ -1067,7 +1067,7 @@ check_changes (struct nbdsnap_snap *s, const struct ext *want, int n)
   int i;
 
   memset (&l, 0, sizeof l);
-  ck_assert_int_eq (nbdsnap_snap_changes (e, s, collect_ext, &l), 0);
+  ck_assert_int_eq (helpers_changes (e, s, NULL, collect_ext, &l), 0);
   for (i = 0; i < l.n; ++i)
     fprintf (stderr, "  change %" PRIu64 "+%" PRIu64 "\n", l.e[i].off,
              l.e[i].len);
@@ -1150,12 +1150,12 @@ START_TEST (test_changes_words)
   /* A callback that stops; one that fails. */
   {
     struct ext_list l = { .stop_after = 2 };
-    ck_assert_int_eq (nbdsnap_snap_changes (e, a, collect_ext, &l), 0);
+    ck_assert_int_eq (helpers_changes (e, a, NULL, collect_ext, &l), 0);
     ck_assert_int_eq (l.n, 2);
   }
   {
     struct ext_list l = { .fail_after = 1 };
-    ck_assert_int_eq (nbdsnap_snap_changes (e, a, collect_ext, &l), -1);
+    ck_assert_int_eq (helpers_changes (e, a, NULL, collect_ext, &l), -1);
     ck_assert_int_eq (l.n, 1);
   }
 }

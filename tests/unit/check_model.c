@@ -69,6 +69,7 @@ static enum nbdsnap_durability dur;
 static uint64_t seed, rng;
 static long opno;
 static unsigned char origin[SIZE];
+static const unsigned char zeros[SIZE];
 static struct msnap snaps[MAXSNAPS];
 static int nlive, max_live, name_counter;
 static char history[HISTORY][160];
@@ -218,6 +219,8 @@ compare_snap (struct msnap *m, const char *why)
 struct chg {
   unsigned char in[NCHUNKS];
   uint64_t end;                 /* end of the previous range */
+  bool last_zero;               /* its zero mark */
+  const unsigned char *to;      /* the newer instant's bytes */
   int bad;
 };
 
@@ -227,13 +230,50 @@ chg_cb (void *opaque, uint64_t off, uint64_t len, bool hole)
   struct chg *c = opaque;
   uint64_t k;
 
-  if (hole || len == 0 || off + len > SIZE || (c->end && off <= c->end))
-    c->bad = 1;                 /* holes, empty, unmerged or unordered */
+  if (len == 0 || off + len > SIZE || off % CHUNK != 0
+      || (c->end && off < c->end)
+      || (c->end && off == c->end && hole == c->last_zero))
+    c->bad = 1;                 /* empty, unaligned, unmerged, unordered */
+  else if (hole && first_diff (c->to + off, zeros, len) != -1)
+    c->bad = 2;                 /* marked zero, but the bytes are not */
   else
     for (k = off / CHUNK; k <= (off + len - 1) / CHUNK; ++k)
       c->in[k] = 1;
   c->end = off + len;
+  c->last_zero = hole;
   return 0;
+}
+
+/* changes from m to every newer live snapshot n: lists every chunk where
+ * their bytes differ, marks zero only what n reads as zeros. */
+static void
+check_changes_between (struct msnap *m, const char *why)
+{
+  struct chg c;
+  uint64_t k;
+  int i, r;
+
+  for (i = 0; i < MAXSNAPS; ++i) {
+    struct msnap *n = &snaps[i];
+
+    if (!n->used || n->invalid || n->deleting)
+      continue;
+    memset (&c, 0, sizeof c);
+    c.to = n->bytes;
+    errno = 0;
+    r = helpers_changes (e, m->s, n->s, chg_cb, &c);
+    if (r == -1 && errno == EINVAL)
+      continue;                 /* n is older than m */
+    MCHECK (r == 0 && !c.bad, "%s: changes %s %s: r=%d, bad ranges=%d",
+            why, m->name, n->name, r, c.bad);
+    for (k = 0; k < NCHUNKS; ++k)
+      MCHECK (c.in[k] || first_diff (m->bytes + k * CHUNK,
+                                     n->bytes + k * CHUNK,
+                                     k * CHUNK + CHUNK <= SIZE ? CHUNK
+                                     : SIZE - k * CHUNK) == -1,
+              "%s: changes %s %s miss chunk %" PRIu64 ", which differs",
+              why, m->name, n->name, k);
+  }
 }
 
 static void
@@ -244,8 +284,9 @@ check_changes (struct msnap *m, const char *why)
   int r;
 
   memset (&c, 0, sizeof c);
+  c.to = origin;
   errno = 0;
-  r = nbdsnap_snap_changes (e, m->s, chg_cb, &c);
+  r = helpers_changes (e, m->s, NULL, chg_cb, &c);
   if (m->invalid) {
     MCHECK (r == -1 && errno == EIO, "%s: changes of invalid %s: %d",
             why, m->name, r);
@@ -253,6 +294,7 @@ check_changes (struct msnap *m, const char *why)
   }
   MCHECK (r == 0 && !c.bad, "%s: changes of %s: r=%d, bad ranges=%d", why,
           m->name, r, c.bad);
+  check_changes_between (m, why);
   for (k = 0; k < NCHUNKS; ++k) {
     MCHECK (c.in[k] || !m->written[k], "%s: changes of %s miss chunk %"
             PRIu64 ", written since", why, m->name, k);
@@ -522,7 +564,8 @@ op_rollback (void)
   }
   /* What it writes: the chunks of the changes set. */
   memset (&c, 0, sizeof c);
-  MCHECK (nbdsnap_snap_changes (e, snaps[i].s, chg_cb, &c) == 0,
+  c.to = origin;
+  MCHECK (helpers_changes (e, snaps[i].s, NULL, chg_cb, &c) == 0,
           "changes of %s", snaps[i].name);
   r = nbdsnap_rollback (e, snaps[i].s, NULL);
   MCHECK (r == 0, "rollback to %s failed: %s", snaps[i].name,

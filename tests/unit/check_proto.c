@@ -85,7 +85,25 @@ START_TEST (test_flags)
   ck_refused ("create t1 temporary temporary", PROTO_ERR_BAD_REQUEST);
   ck_refused ("hold t1 temporary", PROTO_ERR_BAD_REQUEST);
   ck_refused ("create t1 nowait", PROTO_ERR_BAD_REQUEST);
-  ck_refused ("changes t1 progress", PROTO_ERR_BAD_REQUEST);
+  ck_assert_int_eq (parse ("changes t1 progress"), 0);   /* a name */
+  ck_refused ("changes t1 t2 progress", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("changes t1 t2 offset=1 limit=2 x", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("changes t1 offset=-1", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("changes t1 offset=", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("changes t1 offset=99999999999999999999", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("changes t1 limit=0", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("changes t1 limit=262145", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("changes t1 offset=1 offset=2", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("changes t1 t/2", PROTO_ERR_INVALID_NAME);
+  ck_assert_int_eq (parse ("changes t1"), 0);
+  ck_assert_str_eq (req.to, "");
+  ck_assert_int_eq (req.limit, NBDSNAP_CHANGES_PAGE);
+  ck_assert_int_eq (parse ("changes t1 t2 limit=5 offset=65536"), 0);
+  ck_assert_str_eq (req.to, "t2");
+  ck_assert_int_eq (req.offset, 65536);
+  ck_assert_int_eq (req.limit, 5);
+  ck_assert_int_eq (parse ("changes t1 offset=18446744073709551615"), 0);
+  ck_assert (req.offset == UINT64_MAX);
 }
 END_TEST
 

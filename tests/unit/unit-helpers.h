@@ -33,6 +33,7 @@
 
 #include <check.h>
 
+#include "nbdsnap/engine.h"
 #include "nbdsnap/err.h"
 
 #define KiB 1024u
@@ -282,6 +283,20 @@ first_diff (const void *a, const void *b, size_t n)
     if (x[i] != y[i])
       return (ssize_t) i;
   return -1;
+}
+
+/* Every page of nbdsnap_snap_changes from a to b (NULL: now), pages of 2
+ * extents so that paging is exercised everywhere; 0 or -1. */
+static inline int
+helpers_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *a,
+                 struct nbdsnap_snap *b, nbdsnap_extent_fn fn, void *opaque)
+{
+  uint64_t off = 0, size = nbdsnap_engine_size (e);
+
+  while (off < size)
+    if (nbdsnap_snap_changes (e, a, b, &off, 2, fn, opaque) == -1)
+      return -1;
+  return 0;
 }
 
 #endif /* NBDSNAP_UNIT_HELPERS_H */
