@@ -45,9 +45,11 @@
  *   header, the metadata records, 't' (required, a valid name not taken
  *   on this server), 's' (required, equal to the origin's size: receive
  *   does not resize), and with 'f' A: A is this server's newest
- *   snapshot (deleting ones aside), the origin was not written since A
- *   ("changes A" is empty), A is held for the duration.  It refuses an
- *   origin with NBD clients (their writes would mix with the stream's).
+ *   snapshot (deleting ones aside), held for the duration, and the
+ *   origin still reads as A (the extents of "changes A" are compared
+ *   with A: a chunk written and rolled back since is listed too).  It
+ *   refuses an origin with NBD clients (their writes would mix with the
+ *   stream's).
  *   Then it applies the data records through NBD to the origin
  *   (pwrite; write zeroes, which may punch) with STREAM_INFLIGHT requests
  *   in flight, checking each record's range and structure as it comes;
@@ -1149,12 +1151,74 @@ undo (struct ctl *c, const struct meta *m)
            m->from, m->to, m->from);
 }
 
-/* "changes A" (until now) found something. */
+/* Whether the origin still reads as snapshot A: "changes A" lists the
+ * chunks written since A, but a chunk written and then rolled back (a
+ * receive that failed, a rollback by hand) is listed too, so each
+ * extent is compared: the origin's bytes with A's. */
+struct unchanged {
+  struct nbd_handle *origin, *snap;
+  char *a, *b;                  /* STREAM_PIECE bytes each */
+  uint64_t where;               /* the first difference */
+};
+
 static int
-changed_since (void *opaque, uint64_t offset, uint64_t length, bool zero)
+same_as_snap (void *opaque, uint64_t offset, uint64_t length, bool zero)
 {
-  *(uint64_t *) opaque = offset;
-  return CHANGED_SINCE;
+  struct unchanged *u = opaque;
+
+  while (length > 0) {
+    uint64_t n = MIN (length, STREAM_PIECE);
+
+    if (nbd_pread (u->snap, u->a, n, offset, 0) == -1
+        || (!zero && nbd_pread (u->origin, u->b, n, offset, 0) == -1)) {
+      ctl_msg ("receive: comparing the origin with the base at offset %"
+               PRIu64 ": %s", offset, nbd_get_error ());
+      return NBDSNAPCTL_EXIT_ERROR;
+    }
+    if (zero ? !all_zero (u->a, n) : memcmp (u->a, u->b, n) != 0) {
+      u->where = offset;
+      return CHANGED_SINCE;
+    }
+    offset += n;
+    length -= n;
+  }
+  return 0;
+}
+
+static int
+check_unchanged (struct ctl *c, struct stream_args *a, struct receiver *rv,
+                 const struct meta *m)
+{
+  struct unchanged u = { .origin = rv->nbd };
+  char *uri;
+  int status;
+
+  if ((uri = ctl_nbd_uri (c, &a->s, m->from, &status)) == NULL)
+    return status;
+  u.snap = nbd_open ("receive", uri, false, &status);
+  free (uri);
+  if (u.snap == NULL)
+    return status;
+  u.a = malloc (STREAM_PIECE);
+  u.b = malloc (STREAM_PIECE);
+  if (u.a == NULL || u.b == NULL) {
+    ctl_msg ("receive: malloc: %m");
+    status = NBDSNAPCTL_EXIT_ERROR;
+  }
+  else
+    status = ctl_changes_each (c, m->from, NULL, same_as_snap, &u, NULL);
+  if (status == CHANGED_SINCE) {
+    ctl_msg ("receive: the origin was written since snapshot %s (at offset "
+             "%" PRIu64 "): the stream would not make it %s; roll it back "
+             "first ('nbdsnapctl rollback %s')", m->from, u.where, m->to,
+             m->from);
+    status = NBDSNAPCTL_EXIT_ERROR;
+  }
+  nbd_shutdown (u.snap, 0);
+  nbd_close (u.snap);
+  free (u.a);
+  free (u.b);
+  return status;
 }
 
 /* What receive checks on the server before it touches the origin; with
@@ -1165,7 +1229,6 @@ check_server (struct ctl *c, const struct meta *m, bool *held)
 {
   json_t *resp = NULL, *snaps, *clients, *s;
   const char *newest = NULL;
-  uint64_t where = 0;
   size_t i, users = 0;
   int status;
 
@@ -1200,16 +1263,6 @@ check_server (struct ctl *c, const struct meta *m, bool *held)
     if ((status = call_name (c, "hold", m->from)) != 0)
       goto out;
     *held = true;
-    status = ctl_changes_each (c, m->from, NULL, changed_since, &where, NULL);
-    if (status == CHANGED_SINCE) {
-      ctl_msg ("receive: the origin was written since snapshot %s (at "
-               "offset %" PRIu64 "): the stream would not make it %s; roll "
-               "it back first ('nbdsnapctl rollback %s')", m->from, where,
-               m->to, m->from);
-      status = NBDSNAPCTL_EXIT_ERROR;
-    }
-    if (status != 0)
-      goto out;
   }
 
   if ((status = ctl_call (c, "clients", &resp)) != 0)
@@ -1333,7 +1386,8 @@ ctl_receive (struct ctl *c, int argc, char **argv)
     goto out;
   }
   if ((status = check_server (c, &m, &held)) != 0
-      || (status = open_origin (c, &a, rv, &m)) != 0)
+      || (status = open_origin (c, &a, rv, &m)) != 0
+      || (m.from && (status = check_unchanged (c, &a, rv, &m)) != 0))
     goto out;
 
   progress_init (&rv->prog, c, "receive", m.to);
