@@ -64,6 +64,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -762,12 +763,55 @@ on_signal (int sig)
   receive_interrupted = 1;
 }
 
-/* Standard input, buffered; pos counts the bytes consumed. */
+/* Standard input, buffered; pos counts the bytes consumed.  nbd: the
+ * origin, once requests go to it. */
 struct in {
+  struct nbd_handle *nbd;
   uint64_t pos;
   size_t off, len;
   unsigned char buf[65536];
 };
+
+/* Until standard input has bytes, keep the origin's requests moving:
+ * libnbd sends (a big write goes out piece by piece) and receives only
+ * when called, and the stream may come slowly.  0, or -1 after a
+ * message (interrupted).  A failed connection is left to the request
+ * waits to report. */
+static int
+in_wait (struct in *in)
+{
+  while (in->nbd && nbd_aio_in_flight (in->nbd) > 0) {
+    unsigned dir = nbd_aio_get_direction (in->nbd);
+    struct pollfd p[2] = {
+      { .fd = STDIN_FILENO, .events = POLLIN },
+      { .fd = nbd_aio_get_fd (in->nbd),
+        .events = (dir & LIBNBD_AIO_DIRECTION_READ ? POLLIN : 0)
+                  | (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0) },
+    };
+    int r;
+
+    if (p[1].fd == -1)
+      return 0;
+    if (poll (p, 2, -1) == -1) {
+      if (errno == EINTR && !receive_interrupted)
+        continue;
+      if (errno == EINTR) {
+        ctl_msg ("receive: interrupted");
+        return -1;
+      }
+      ctl_msg ("receive: poll: %m");
+      return -1;
+    }
+    r = 0;
+    if (p[1].revents & (POLLIN | POLLHUP | POLLERR))
+      r = nbd_aio_notify_read (in->nbd);
+    else if (p[1].revents & POLLOUT)
+      r = nbd_aio_notify_write (in->nbd);
+    if (r == -1 || p[0].revents)
+      return 0;
+  }
+  return 0;
+}
 
 /* Read n bytes into p: n, fewer only at end of input, or -1 after a
  * message. */
@@ -784,6 +828,8 @@ in_read (struct in *in, void *p, size_t n)
         ctl_msg ("receive: interrupted");
         return -1;
       }
+      if (in_wait (in) == -1)
+        return -1;
       /* Big reads go straight into p. */
       r = read (STDIN_FILENO, n - got >= sizeof in->buf
                 ? (unsigned char *) p + got : in->buf,
@@ -1339,6 +1385,7 @@ close_origin (struct receiver *rv, bool failed)
     status = NBDSNAPCTL_EXIT_ERROR;
   }
   nbd_close (rv->nbd);
+  rv->in.nbd = NULL;
   rv->nbd = NULL;
   return status;
 }
@@ -1391,6 +1438,7 @@ ctl_receive (struct ctl *c, int argc, char **argv)
     goto out;
 
   progress_init (&rv->prog, c, "receive", m.to);
+  rv->in.nbd = rv->nbd;
   status = apply (rv, tag);
   ctl_progress_clear (&rv->prog.bar);
   if (status == 0)

@@ -162,6 +162,40 @@ mangle overflow 's[:-1] + b"w" + struct.pack("<QQ", 4096, 2**64 - 4096) + b"e"'
 refused 1 "a length that wraps" overflow "goes beyond the image"
 rolled_back "a length that wraps"
 
+# Interrupted (SIGINT) while it waits for the rest of the stream, once
+# it has written the first records: rolled back too.
+fifo="$tmpdir/fifo"
+mkfifo "$fifo"
+exec 7<>"$fifo"
+"$nbdsnapctl" -s "$tmpdir/two/admin.sock" receive < "$fifo" \
+  2> "$tmpdir/err" &
+rpid=$!
+cleanup_fn quiet_kill "$rpid"
+head -c $(( len - 100 )) "$tmpdir/good.stream" >&7
+written ()
+{
+  ctl2 --json clients | "$PYTHON" -c '
+import json, sys
+c = [x for x in json.load(sys.stdin)["clients"] if x["export"] == ""]
+sys.exit(0 if c and c[0]["bytes_written"] >= 40 * 65536 else 1)'
+}
+until_ok 20 written || fail "receive did not write the origin"
+kill -INT "$rpid"
+status=0
+wait "$rpid" || status=$?
+exec 7>&-
+cat "$tmpdir/err"
+[ "$status" -eq 1 ] || fail "receive after SIGINT: exit $status"
+grep -q "receive: interrupted" "$tmpdir/err"
+rolled_back "interrupted"
+
+# A reader that goes away: send says so (exit 1).
+ctl1 send --from s0 s1 2> "$tmpdir/err" | head -c 100 > /dev/null
+status=${PIPESTATUS[0]}
+cat "$tmpdir/err"
+[ "$status" -eq 1 ] || fail "send to a closed pipe: exit $status"
+grep -q "send: writing the stream: Broken pipe" "$tmpdir/err"
+
 # A full stream cut in the middle: no base to roll back to.
 slen=$(stat -c %s "$tmpdir/s0.stream")
 ctl2 delete s0
