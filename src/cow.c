@@ -667,8 +667,8 @@ nbdsnap_snap_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *a,
   if (x != b) {
     pthread_rwlock_unlock (&e->chain_lock);
     errno = EINVAL;
-    nbdsnap_error ("snapshot %s is not newer than %s: changes go from the "
-                   "older snapshot to the newer", b->name, a->name);
+    nbdsnap_refuse ("snapshot %s is not newer than %s: changes go from "
+                    "the older snapshot to the newer", b->name, a->name);
     return -1;
   }
 
