@@ -29,6 +29,10 @@
  *
  * Notes on the design:
  *
+ * - ctl-stream.h holds the format's constants and little-endian
+ *   helpers, and declares what send and receive share (defined here:
+ *   options, the progress line, holds, NBD connections).
+ *
  * - send holds B (and A) on its admin connection for the whole stream,
  *   so that a rotation cannot delete them underneath, and reads B's
  *   content from B's NBD export.  With --from A it sends the extents of
@@ -77,16 +81,8 @@
 #include <libnbd.h>
 
 #include "nbdsnapctl.h"
+#include "ctl-stream.h"
 
-#define RBD_DIFF_BANNER "rbd diff v1\n"
-#define RBD_DIFF_BANNER_LEN 12
-#define RBD_NAME_MAX 4096           /* rbd import-diff reads no longer name */
-
-/* Data bytes in one 'w' record that send writes, and in one NBD request
- * of either side. */
-#define STREAM_PIECE (4u << 20)
-/* NBD requests in flight, each with a STREAM_PIECE buffer. */
-#define STREAM_INFLIGHT 8
 /* send: all-zero blocks of this size in read data become 'z' records
  * (rbd's default sparse size). */
 #define STREAM_ZERO_BLOCK 4096
@@ -99,45 +95,8 @@
  * status has this value). */
 #define CHANGED_SINCE 1000
 
-static void
-put_le32 (unsigned char *p, uint32_t v)
-{
-  int i;
-
-  for (i = 0; i < 4; ++i)
-    p[i] = v >> (8 * i);
-}
-
-static void
-put_le64 (unsigned char *p, uint64_t v)
-{
-  int i;
-
-  for (i = 0; i < 8; ++i)
-    p[i] = v >> (8 * i);
-}
-
-static uint32_t
-get_le32 (const unsigned char *p)
-{
-  return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t) p[3] << 24;
-}
-
-static uint64_t
-get_le64 (const unsigned char *p)
-{
-  uint64_t v = 0;
-  int i;
-
-  for (i = 7; i >= 0; --i)
-    v = v << 8 | p[i];
-  return v;
-}
-
-/* Wait for an aio command of nbd; 0, or -1 if it (or the connection)
- * failed (nbd_get_error says why). */
-static int
-wait_cookie (struct nbd_handle *nbd, int64_t cookie)
+int
+stream_wait_cookie (struct nbd_handle *nbd, int64_t cookie)
 {
   int r;
 
@@ -147,9 +106,8 @@ wait_cookie (struct nbd_handle *nbd, int64_t cookie)
   return r == 1 ? 0 : -1;
 }
 
-/* "1.5 GiB" */
-static const char *
-human (uint64_t n, char *buf, size_t len)
+const char *
+stream_human (uint64_t n, char *buf, size_t len)
 {
   json_t *v = json_integer ((json_int_t) n);
 
@@ -158,19 +116,9 @@ human (uint64_t n, char *buf, size_t len)
   return buf;
 }
 
-/* The progress line on a terminal.  It has its own struct ctl (only its
- * bar is used): ctl_call, which the changes pages go through, clears
- * and restarts the admin connection's. */
-struct stream_progress {
-  struct ctl bar;
-  bool draw;
-  const char *what, *name;
-  double last;
-};
-
-static void
-progress_init (struct stream_progress *p, struct ctl *c, const char *what,
-               const char *name)
+void
+stream_progress_init (struct stream_progress *p, struct ctl *c,
+                      const char *what, const char *name)
 {
   memset (p, 0, sizeof *p);
   p->draw = !c->json && isatty (STDERR_FILENO);
@@ -179,10 +127,9 @@ progress_init (struct stream_progress *p, struct ctl *c, const char *what,
   p->bar.bar.start = ctl_now ();
 }
 
-/* done of total bytes of the image (the offset reached: records come in
- * offset order), drawn at most every 0.25 s. */
-static void
-progress (struct stream_progress *p, uint64_t done, uint64_t total)
+void
+stream_progress_update (struct stream_progress *p, uint64_t done,
+                        uint64_t total)
 {
   json_t *o;
   double now;
@@ -201,14 +148,6 @@ progress (struct stream_progress *p, uint64_t done, uint64_t total)
   json_decref (o);
 }
 
-/* Options of send and receive: --from (send), --nbd-socket, --uri-base;
- * send takes one NAME, receive none. */
-struct stream_args {
-  const char *from;
-  const char *name;
-  struct ctl_session s;
-};
-
 static int
 check_name (const char *cmd, const char *name)
 {
@@ -220,8 +159,8 @@ check_name (const char *cmd, const char *name)
   return 0;
 }
 
-static int
-parse_stream_args (int argc, char **argv, bool send, struct stream_args *a)
+int
+stream_parse_args (int argc, char **argv, bool send, struct stream_args *a)
 {
   static const struct option longopts[] = {
     { "from", required_argument, NULL, 'f' },
@@ -271,9 +210,8 @@ parse_stream_args (int argc, char **argv, bool send, struct stream_args *a)
   return 0;
 }
 
-/* One request about a snapshot, its answer dropped. */
-static int
-call_name (struct ctl *c, const char *verb, const char *name)
+int
+stream_call_name (struct ctl *c, const char *verb, const char *name)
 {
   char req[NBDSNAP_ADMIN_LINE_MAX];
   json_t *resp;
@@ -285,23 +223,20 @@ call_name (struct ctl *c, const char *verb, const char *name)
   return status;
 }
 
-/* Release a hold, quietly (closing the connection would too, but only
- * eventually: the next command of a script must find it gone). */
-static void
-release (struct ctl *c, const char *name)
+void
+stream_release (struct ctl *c, const char *name)
 {
   bool quiet = c->quiet;
 
   if (name == NULL || c->fd == -1)
     return;
   c->quiet = true;
-  call_name (c, "release", name);
+  stream_call_name (c, "release", name);
   c->quiet = quiet;
 }
 
-/* The position of name in list's "snapshots" (oldest first), or -1. */
-static int
-snap_index (json_t *snaps, const char *name)
+int
+stream_snap_index (json_t *snaps, const char *name)
 {
   size_t i;
   json_t *s;
@@ -314,9 +249,8 @@ snap_index (json_t *snaps, const char *name)
   return -1;
 }
 
-/* Connect to the NBD export uri; NULL after a message. */
-static struct nbd_handle *
-nbd_open (const char *cmd, const char *uri, bool meta, int *status)
+struct nbd_handle *
+stream_nbd_open (const char *cmd, const char *uri, bool meta, int *status)
 {
   struct nbd_handle *nbd = nbd_create ();
 
@@ -431,12 +365,6 @@ emit_data (struct sender *sd, uint64_t offset, char *buf, uint64_t length)
   return out_write (sd, iov, 2);
 }
 
-static bool
-all_zero (const char *p, size_t n)
-{
-  return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
-}
-
 /* Read data: its runs of all-zero blocks as 'z', the rest as 'w'. */
 static int
 emit_block (struct sender *sd, uint64_t offset, char *buf, uint64_t length)
@@ -470,7 +398,7 @@ retire (struct sender *sd)
   int status;
 
   if (s->cookie != 0) {
-    if (wait_cookie (sd->nbd, s->cookie) == -1) {
+    if (stream_wait_cookie (sd->nbd, s->cookie) == -1) {
       ctl_msg ("send: reading the snapshot at offset %" PRIu64 ": %s",
                s->offset, nbd_get_error ());
       return NBDSNAPCTL_EXIT_ERROR;
@@ -482,7 +410,7 @@ retire (struct sender *sd)
     status = emit_zero (sd, s->offset, s->length);
   sd->head = (sd->head + 1) % STREAM_INFLIGHT;
   sd->n--;
-  progress (&sd->prog, s->offset + s->length, sd->size);
+  stream_progress_update (&sd->prog, s->offset + s->length, sd->size);
   return status;
 }
 
@@ -671,7 +599,7 @@ ctl_send (struct ctl *c, int argc, char **argv)
   int64_t size;
   unsigned i;
 
-  if ((status = parse_stream_args (argc, argv, true, &a)) != 0)
+  if ((status = stream_parse_args (argc, argv, true, &a)) != 0)
     return status;
   if (isatty (STDOUT_FILENO))
     return ctl_usage ("send: standard output is a terminal: redirect the "
@@ -680,11 +608,11 @@ ctl_send (struct ctl *c, int argc, char **argv)
   signal (SIGPIPE, SIG_IGN);
 
   /* Pin both snapshots for the duration of the stream. */
-  if ((status = call_name (c, "hold", a.name)) != 0)
+  if ((status = stream_call_name (c, "hold", a.name)) != 0)
     goto out;
   held_to = a.name;
   if (a.from) {
-    if ((status = call_name (c, "hold", a.from)) != 0)
+    if ((status = stream_call_name (c, "hold", a.from)) != 0)
       goto out;
     held_from = a.from;
     /* "changes A B" would refuse it too, but only once the header is
@@ -692,8 +620,8 @@ ctl_send (struct ctl *c, int argc, char **argv)
     if ((status = ctl_call (c, "list", &resp)) != 0)
       goto out;
     snaps = json_object_get (resp, "snapshots");
-    ia = snap_index (snaps, a.from);
-    ib = snap_index (snaps, a.name);
+    ia = stream_snap_index (snaps, a.from);
+    ib = stream_snap_index (snaps, a.name);
     if (ia >= ib) {
       status = ctl_usage ("send: --from %s: not older than %s", a.from,
                           a.name);
@@ -703,7 +631,7 @@ ctl_send (struct ctl *c, int argc, char **argv)
 
   if ((uri = ctl_nbd_uri (c, &a.s, a.name, &status)) == NULL)
     goto out;
-  if ((sd.nbd = nbd_open ("send", uri, a.from == NULL, &status)) == NULL)
+  if ((sd.nbd = stream_nbd_open ("send", uri, a.from == NULL, &status)) == NULL)
     goto out;
   if ((size = nbd_get_size (sd.nbd)) == -1) {
     ctl_msg ("send: %s: %s", uri, nbd_get_error ());
@@ -711,7 +639,7 @@ ctl_send (struct ctl *c, int argc, char **argv)
     goto out;
   }
   sd.size = size;
-  progress_init (&sd.prog, c, "send", a.name);
+  stream_progress_init (&sd.prog, c, "send", a.name);
 
   if ((status = send_header (&sd, a.from, a.name)) != 0)
     goto out;
@@ -731,9 +659,9 @@ ctl_send (struct ctl *c, int argc, char **argv)
   if (status == 0 && sd.prog.draw)
     ctl_msg ("sent %s%s%s: %s of data, %s of zeroes, %s stream",
              a.from ? a.from : "", a.from ? ".." : "", a.name,
-             human (sd.data_bytes, n1, sizeof n1),
-             human (sd.zero_bytes, n2, sizeof n2),
-             human (sd.out_bytes, n3, sizeof n3));
+             stream_human (sd.data_bytes, n1, sizeof n1),
+             stream_human (sd.zero_bytes, n2, sizeof n2),
+             stream_human (sd.out_bytes, n3, sizeof n3));
 
  out:
   ctl_progress_clear (&sd.prog.bar);
@@ -746,8 +674,8 @@ ctl_send (struct ctl *c, int argc, char **argv)
     free (sd.slot[i].buf);
   free (uri);
   json_decref (resp);
-  release (c, held_from);
-  release (c, held_to);
+  stream_release (c, held_from);
+  stream_release (c, held_to);
   return status;
 }
 
@@ -1093,7 +1021,7 @@ apply_record (struct receiver *rv, int tag, uint64_t at)
     rv->n++;
     off += n;
     len -= n;
-    progress (&rv->prog, off, rv->size);
+    stream_progress_update (&rv->prog, off, rv->size);
   }
   return 0;
 }
@@ -1241,7 +1169,7 @@ check_unchanged (struct ctl *c, struct stream_args *a, struct receiver *rv,
 
   if ((uri = ctl_nbd_uri (c, &a->s, m->from, &status)) == NULL)
     return status;
-  u.snap = nbd_open ("receive", uri, false, &status);
+  u.snap = stream_nbd_open ("receive", uri, false, &status);
   free (uri);
   if (u.snap == NULL)
     return status;
@@ -1281,7 +1209,7 @@ check_server (struct ctl *c, const struct meta *m, bool *held)
   if ((status = ctl_call (c, "list", &resp)) != 0)
     return status;
   snaps = json_object_get (resp, "snapshots");
-  if (snap_index (snaps, m->to) >= 0) {
+  if (stream_snap_index (snaps, m->to) >= 0) {
     ctl_msg ("receive: snapshot %s exists on this server: the stream "
              "would create it", m->to);
     status = NBDSNAPCTL_EXIT_EXISTS;
@@ -1306,7 +1234,7 @@ check_server (struct ctl *c, const struct meta *m, bool *held)
   resp = NULL;
 
   if (m->from != NULL) {
-    if ((status = call_name (c, "hold", m->from)) != 0)
+    if ((status = stream_call_name (c, "hold", m->from)) != 0)
       goto out;
     *held = true;
   }
@@ -1341,7 +1269,7 @@ open_origin (struct ctl *c, struct stream_args *a, struct receiver *rv,
 
   if ((uri = ctl_nbd_uri (c, &a->s, "", &status)) == NULL)
     return status;
-  rv->nbd = nbd_open ("receive", uri, false, &status);
+  rv->nbd = stream_nbd_open ("receive", uri, false, &status);
   if (rv->nbd != NULL && (size = nbd_get_size (rv->nbd)) == -1) {
     ctl_msg ("receive: %s: %s", uri, nbd_get_error ());
     status = NBDSNAPCTL_EXIT_ERROR;
@@ -1403,7 +1331,7 @@ ctl_receive (struct ctl *c, int argc, char **argv)
   json_t *resp;
   int status, tag, i;
 
-  if ((status = parse_stream_args (argc, argv, false, &a)) != 0)
+  if ((status = stream_parse_args (argc, argv, false, &a)) != 0)
     return status;
   if (isatty (STDIN_FILENO))
     return ctl_usage ("receive: standard input is a terminal: the stream "
@@ -1437,7 +1365,7 @@ ctl_receive (struct ctl *c, int argc, char **argv)
       || (m.from && (status = check_unchanged (c, &a, rv, &m)) != 0))
     goto out;
 
-  progress_init (&rv->prog, c, "receive", m.to);
+  stream_progress_init (&rv->prog, c, "receive", m.to);
   rv->in.nbd = rv->nbd;
   status = apply (rv, tag);
   ctl_progress_clear (&rv->prog.bar);
@@ -1463,8 +1391,8 @@ ctl_receive (struct ctl *c, int argc, char **argv)
     puts (c->line);
   else
     printf ("received snapshot %s (%s written, %s zeroed)\n", m.to,
-            human (rv->written, n1, sizeof n1),
-            human (rv->zeroed, n2, sizeof n2));
+            stream_human (rv->written, n1, sizeof n1),
+            stream_human (rv->zeroed, n2, sizeof n2));
   json_decref (resp);
 
  out:
@@ -1472,7 +1400,7 @@ ctl_receive (struct ctl *c, int argc, char **argv)
   for (i = 0; i < STREAM_INFLIGHT; ++i)
     free (rv->slot[i].buf);
   if (held)
-    release (c, m.from);
+    stream_release (c, m.from);
   for (i = 0; i < 3; ++i)
     sigaction (sigs[i], &old[i], NULL);
   free (m.from);
