@@ -8,9 +8,10 @@
  *
  * - Both sides stream over one NBD connection with STREAM_INFLIGHT
  *   requests of at most STREAM_PIECE bytes in flight, in a ring of slots
- *   retired oldest first, so that records go out (send) and requests go
- *   in (receive) in offset order; the progress line shows the offset
- *   reached.
+ *   retired oldest first: send writes its records out in the order of
+ *   its reads, receive sends its requests in the stream's order.  The
+ *   progress line shows the offset reached (records come in offset
+ *   order).
  *
  * - Functions that can fail print one line and return an exit status
  *   (NBDSNAPCTL_EXIT_*), as everywhere in nbdsnapctl; 0 means success.
