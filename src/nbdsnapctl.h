@@ -10,7 +10,12 @@
  *                   commands below)
  *   ctl-backup.c    backup: a snapshot, or what changed since an older
  *                   one, into a file or device, over libnbd
- *   ctl-stream.c    send and receive: rbd diff v1 streams
+ *   ctl-stream.c    send and receive: the rbd diff v1 format, what both
+ *                   sides share (ctl-stream.h, internal to the three)
+ *   ctl-send.c      send: a snapshot, or what changed since an older
+ *                   one, as a stream on standard output
+ *   ctl-receive.c   receive: a stream from standard input, applied to
+ *                   the origin, and the snapshot it ends at
  *
  * Convention: functions that can fail print one line on stderr
  * ("nbdsnapctl: ...") and return an exit status (NBDSNAPCTL_EXIT_*, see
@@ -134,8 +139,9 @@ extern int ctl_changes (struct ctl *c, int argc, char **argv);
 /* ctl-backup.c: argv[0] is "backup". */
 extern int ctl_backup (struct ctl *c, int argc, char **argv);
 
-/* ctl-stream.c: argv[0] is "send" or "receive". */
+/* ctl-send.c: argv[0] is "send". */
 extern int ctl_send (struct ctl *c, int argc, char **argv);
+/* ctl-receive.c: argv[0] is "receive". */
 extern int ctl_receive (struct ctl *c, int argc, char **argv);
 
 #endif /* NBDSNAPCTL_H */
