@@ -203,7 +203,12 @@ dispatch (struct admin_conn *c, const struct proto_request *r)
   json_t *resp;
 
   switch (r->cmd) {
-  case PROTO_CMD_HELLO:   return proto_hello (PACKAGE_VERSION, c->id);
+  case PROTO_CMD_HELLO:
+    resp = proto_hello (PACKAGE_VERSION, c->id);
+    if (resp != NULL)
+      json_object_set_new (resp, "nbd", ops && ops->nbd_uris
+                           ? ops->nbd_uris () : json_array ());
+    return resp;
   case PROTO_CMD_LIST:    return CALL (list, c->id);
   case PROTO_CMD_INFO:    return CALL (info, c->id, r->name);
   case PROTO_CMD_CLIENTS: return CALL (clients, c->id);

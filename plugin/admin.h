@@ -106,6 +106,10 @@ struct admin_ops {
   json_t *(*changes) (uint64_t conn, const char *name, const char *to,
                       uint64_t offset, uint64_t limit);
 
+  /* hello's "nbd": where nbdkit listens for NBD clients (a new array of
+   * URI strings). */
+  json_t *(*nbd_uris) (void);
+
   /* Server-wide counters.  The admin loop adds its own under "admin". */
   json_t *(*stats) (uint64_t conn);
 

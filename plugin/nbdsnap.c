@@ -171,6 +171,7 @@ nbdsnap_get_ready (void)
     if (origin_description_rw == NULL || origin_description_ro == NULL)
       return -1;
   }
+  registry_note_cwd ();        /* before nbdkit may chdir (-U a/b) */
   engine = nbdsnap_engine_open (&ec);
   if (engine == NULL)
     return -1;
@@ -188,6 +189,7 @@ nbdsnap_after_fork (void)
    * fork into the background. */
   if (catalog_start (catalog) == -1)
     return -1;
+  registry_find_listeners (nbdsnap_cfg.admin);
   return admin_start ();
 }
 

@@ -421,6 +421,7 @@ static const struct admin_ops ops = {
   .hold = op_hold,
   .release = op_release,
   .changes = op_changes,
+  .nbd_uris = registry_nbd_uris,
   .stats = op_stats,
   .conn_closed = op_conn_closed,
 };

@@ -26,6 +26,19 @@ extern int registry_list_exports (struct catalog *cat,
                                   struct nbdkit_exports *exports,
                                   const char *origin_description);
 
+/* Where nbdkit listens for NBD clients, for hello's "nbd" (nbdsnapctl's
+ * backup, send and receive connect there).  registry_note_cwd in
+ * .get_ready (before nbdkit may chdir to "/"): a relative -U path is
+ * relative to it.  registry_find_listeners in .after_fork (nbdkit binds
+ * its sockets between the two), before the admin loop starts: it looks
+ * at this process's listening sockets except admin_path and records
+ * their URIs ("nbd+unix:///?socket=PATH" first, then "nbd://ADDR:PORT";
+ * the wildcard address becomes loopback).  The list is written there
+ * once and only read afterwards.  registry_nbd_uris: a new array. */
+extern void registry_note_cwd (void);
+extern void registry_find_listeners (const char *admin_path);
+extern json_t *registry_nbd_uris (void);
+
 /* The admin operations on cat (plugin/ops.c).  Call once, in .get_ready,
  * before admin_start; cat must outlive admin_stop. */
 extern const struct admin_ops *registry_admin_ops (struct catalog *cat);

@@ -244,22 +244,6 @@ ctl_print_clients (json_t *resp)
          json_object_get (resp, "clients"));
 }
 
-void
-ctl_print_changes (json_t *resp)
-{
-  static const struct column cols[] = {
-    { "OFFSET", "offset", COL_INT }, { "LENGTH", "length", COL_INT },
-  };
-  json_t *extents = json_object_get (resp, "extents");
-
-  table (cols, sizeof cols / sizeof cols[0], extents);
-  printf ("%zu extents, ", json_array_size (extents));
-  ctl_print_value (stdout, json_object_get (resp, "changed_bytes"));
-  printf (" bytes changed of ");
-  ctl_print_value (stdout, json_object_get (resp, "size"));
-  printf ("\n");
-}
-
 /* done/total as a whole percentage, never 100 before the end. */
 static int
 percent (uint64_t done, uint64_t total)

@@ -239,22 +239,53 @@ ctl_session_run (struct ctl *c, const struct ctl_session *s)
   return status;
 }
 
+/* The first of the server's "nbd" URIs (hello), or NULL. */
+static char *
+hello_nbd_uri (struct ctl *c, int *status)
+{
+  json_t *resp, *uri;
+  bool quiet = c->quiet;
+  char *r = NULL;
+
+  c->quiet = true;              /* --json: no hello line on stdout */
+  *status = ctl_call (c, "hello", &resp);
+  c->quiet = quiet;
+  if (*status != 0) {
+    ctl_msg ("hello: cannot ask the server where it serves NBD");
+    return NULL;
+  }
+  uri = json_array_get (json_object_get (resp, "nbd"), 0);
+  if (json_is_string (uri))
+    r = strdup (json_string_value (uri));
+  json_decref (resp);
+  return r;
+}
+
 char *
 ctl_nbd_uri (struct ctl *c, const struct ctl_session *s,
              const char *export, int *status)
 {
   struct ctl_session t = { .name = export };
-  char *uri;
+  char *base = NULL, *uri;
 
+  *status = 0;
   if (s != NULL) {
     t.uri_base = s->uri_base;
     t.nbd_socket = s->nbd_socket;
   }
-  uri = ctl_export_uri (&t, status);
-  if (uri == NULL && *status == 0) {
-    ctl_msg ("where is the NBD server? pass --nbd-socket PATH (not built "
-             "yet: asking the server)");
-    *status = NBDSNAPCTL_EXIT_USAGE;
+  if (t.uri_base == NULL && t.nbd_socket == NULL) {
+    t.uri_base = base = hello_nbd_uri (c, status);
+    if (*status != 0)
+      return NULL;
+    if (base == NULL) {
+      ctl_msg ("the server does not say where it serves NBD (it found no "
+               "listening socket): pass --nbd-socket PATH or --uri-base "
+               "URI");
+      *status = NBDSNAPCTL_EXIT_USAGE;
+      return NULL;
+    }
   }
+  uri = ctl_export_uri (&t, status);
+  free (base);
   return uri;
 }

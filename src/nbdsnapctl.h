@@ -71,7 +71,6 @@ extern void ctl_print_value (FILE *fp, json_t *v);
 extern void ctl_print_flat (const char *prefix, json_t *obj);
 extern void ctl_print_list (json_t *resp);
 extern void ctl_print_clients (json_t *resp);
-extern void ctl_print_changes (json_t *resp);
 extern const char *ctl_human_size (json_t *v, char *buf, size_t len);
 /* A snapshot's state for people: "live", "deleting 42%",
  * "deleting (deferred: 1 client, 0 holds)", "live (rollback 7%)"... */
