@@ -4,10 +4,11 @@
 # filter, 64 Mbit/s, so that it is seen mid-copy: a --json progress
 # object with 0 < done < total), s0 and s1 each have one hold, and a
 # plain delete of either fails busy (exit 4; s0 has no NBD client, only
-# the hold keeps it); the backup then completes (rate back to full speed) and equals s1.  Right
-# after it exits both holds are gone: deleting s0 and s1 succeeds at
-# once (the backup released them before exiting).  (nbdkit runs with
-# -t 1: see test-backup-kill9.sh.)
+# the hold keeps it); the backup then completes (rate back to full
+# speed) and equals s1.  Right after it exits the holds are gone (it
+# released them before exiting): delete s0 succeeds at once, delete s1
+# once the server has seen the backup's NBD connections close.  (nbdkit
+# runs with -t 1: see test-backup-kill9.sh.)
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires "$PYTHON" -c 'import nbd'
 requires test -f "$("$NBDKIT" --dump-config | sed -n 's/^filterdir=//p')/nbdkit-rate-filter.so"
