@@ -722,7 +722,9 @@ worker_run (void *opaque)
 
 struct run {
   struct backup *b;
-  struct ctl *c;
+  struct ctl line;              /* only its progress line (bar): the
+                                   admin connection's ctl_call resets
+                                   its own at every page of changes */
   bool json, draw;
   uint64_t total;
   uint64_t last_done;
@@ -758,7 +760,7 @@ tick_run (struct run *r, bool force)
     free (s);
   }
   else
-    ctl_progress_draw (r->c, p);
+    ctl_progress_draw (&r->line, p);
   json_decref (p);
 }
 
@@ -830,7 +832,7 @@ run_pass (struct ctl *c, struct backup *b, struct run *r, const char *since)
 
   r->start = r->last_tick = ctl_now ();
   r->last_done = UINT64_MAX;
-  c->bar.start = r->start;
+  r->line.bar.start = r->start;
   b->run = r;
   tick_run (r, true);
 
@@ -874,7 +876,7 @@ run_pass (struct ctl *c, struct backup *b, struct run *r, const char *since)
   if (!failed (b))
     tick_run (r, true);
   if (r->draw)
-    ctl_progress_clear (c);
+    ctl_progress_clear (&r->line);
   goto out;
 
  nomem:
@@ -1075,7 +1077,7 @@ ctl_backup (struct ctl *c, int argc, char **argv)
     .fd = -1, .nconn = 4, .diff = UINT64_MAX,
     .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
   };
-  struct run r = { .b = &b, .c = c, .what = "backup" };
+  struct run r = { .b = &b, .what = "backup" };
   struct ctl_changes_info info = { 0 };
   char req[NBDSNAP_ADMIN_LINE_MAX];
   bool verify = false, missing = false, held_snap = false, held_old = false;
@@ -1175,7 +1177,7 @@ ctl_backup (struct ctl *c, int argc, char **argv)
   }
 
   if (verify) {
-    struct run v = { .b = &b, .c = c, .json = r.json, .draw = r.draw,
+    struct run v = { .b = &b, .json = r.json, .draw = r.draw,
                      .total = b.size, .what = "verify" };
 
     b.mode = MODE_VERIFY;
