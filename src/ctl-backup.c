@@ -57,16 +57,14 @@
  */
 #include <config.h>
 
-#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <limits.h>
-#include <stdarg.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1111,9 +1109,10 @@ ctl_backup (struct ctl *c, int argc, char **argv)
       return ctl_usage ("backup: unknown option %s", argv[optind - 1]);
     }
   }
-  if (argc - optind != 2)
-    return ctl_usage ("backup: needs SNAP and DEST%s",
-                      argc - optind > 2 ? " only" : "");
+  if (argc - optind < 2)
+    return ctl_usage ("backup: needs SNAP and DEST");
+  if (argc - optind > 2)
+    return ctl_usage ("backup: unexpected argument '%s'", argv[optind + 2]);
   b.name = argv[optind];
   b.dest = argv[optind + 1];
   if ((status = check_name (b.name)) != 0

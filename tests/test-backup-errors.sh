@@ -102,7 +102,7 @@ refuse 2 "--connections" ctl backup s0 "$dest" --connections 0
 refuse 2 "--connections" ctl backup s0 "$dest" --connections 17
 refuse 2 "--connections" ctl backup s0 "$dest" --connections 2x
 refuse 2 "needs SNAP and DEST" ctl backup s0
-refuse 2 "needs SNAP and DEST" ctl backup s0 "$dest" extra
+refuse 2 "unexpected argument 'extra'" ctl backup s0 "$dest" extra
 refuse 2 "unknown option" ctl backup s0 "$dest" --bogus
 refuse 2 "needs an argument" ctl backup s0 "$dest" --since
 refuse 6 "invalid snapshot name" ctl backup 'a/b' "$dest"
