@@ -125,8 +125,15 @@ do_open (const char *dir)
   if (s == NULL)
     return 1;
   t0 = now ();
+#ifdef NBDSNAP_CHANGES_PAGED
+  for (uint64_t off = 0; off < nbdsnap_engine_size (e);)
+    if (nbdsnap_snap_changes (e, s, NULL, &off, UINT64_MAX, count_extent,
+                              &n) == -1)
+      return 1;
+#else
   if (nbdsnap_snap_changes (e, s, count_extent, &n) == -1)
     return 1;
+#endif
   t_changes = now () - t0;
   printf ("open: %.3f s, resident memory +%ld MiB (%ld -> %ld KiB)\n"
           "changes of the oldest: %.3f s, %" PRIu64 " extents\n",

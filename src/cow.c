@@ -142,44 +142,103 @@ mark_copied (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c)
   return 0;
 }
 
+/* Copy [off, off+len) from the origin into x's store inside the kernel:
+ * copy_file_range, which reflinks where the file system can share blocks
+ * (XFS with reflink=1, btrfs: a metadata operation; the file system then
+ * copies just the blocks the origin write touches) and elsewhere copies
+ * page to page without a trip through user space.  0; 1 if it cannot be
+ * used here (different file systems, a block device origin, an old
+ * kernel: the caller copies by hand, as it does for every later chunk);
+ * -1 with errno if it failed.  A partial copy is harmless: the chunk is
+ * copied again in full, and its bit is set only after a full copy. */
+static int
+copy_kernel (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t off,
+             uint32_t len)
+{
+  loff_t in = off, out = off;
+
+  while (len > 0) {
+    ssize_t n = copy_file_range (e->origin->fd, &in, x->store_fd, &out,
+                                 len, 0);
+    if (n > 0) {
+      len -= n;
+      continue;
+    }
+    if (n == 0) {               /* the origin ends early: by hand, which
+                                   says so */
+      return 1;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == EXDEV || errno == EINVAL || errno == ENOSYS
+        || errno == EOPNOTSUPP || errno == EBADF || errno == ETXTBSY
+        || errno == EPERM)
+      return 1;
+    return -1;
+  }
+  return 0;
+}
+
 /* Copy chunk c from the origin into X's store.  Returns 0, -1 if the copy
  * into X failed (X is now invalid, durably), -2 if the write must fail
  * (errno EIO): the origin could not be read, or X's invalid mark could
- * not be made durable. */
+ * not be made durable.
+ *
+ * In the kernel first (copy_kernel); by hand (read, then write unless the
+ * chunk is all zeros, which leaves the store a hole) where that is not
+ * possible, and to tell the origin's read errors from the store's write
+ * errors when the kernel copy fails with anything but a full store: only
+ * the store's make X invalid. */
 static int
 copy_chunk (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c,
-            char *buf)
+            char **buf)
 {
   uint32_t len = chunk_len (e, c);
   uint64_t off = c << e->chunk_shift;
-  int err;
+  int err, r = 1;
 
   if (x->max_store != 0
       && (__atomic_load_n (&x->chunks_copied, __ATOMIC_RELAXED) + 1)
          * (uint64_t) e->chunk_size > x->max_store) {
     return invalidate (x, "max-store reached", ENOSPC) == 0 ? -1 : -2;
   }
-  if (io_pread_full (e->origin->fd, buf, len, off) == -1) {
-    nbdsnap_error ("copy-on-write: read %s at %" PRIu64 ": %m",
-                   e->origin->path, off);
-    errno = EIO;
-    return -2;
-  }
-  if (!all_zero (buf, len)) {
-    err = __atomic_load_n (&e->inject_errno, __ATOMIC_RELAXED);
-    if (err != 0) {
-      return invalidate (x, "store write (injected)", err) == 0 ? -1 : -2;
-    }
-    if (io_pwrite_full (x->store_fd, buf, len, off) == -1) {
+  err = __atomic_load_n (&e->inject_errno, __ATOMIC_RELAXED);
+  if (err != 0)
+    return invalidate (x, "store write (injected)", err) == 0 ? -1 : -2;
+  if (!__atomic_load_n (&e->copy_by_hand, __ATOMIC_RELAXED)) {
+    r = copy_kernel (e, x, off, len);
+    if (r == -1 && (errno == ENOSPC || errno == EDQUOT || errno == EFBIG))
       return invalidate (x, "store write", errno) == 0 ? -1 : -2;
-    }
-    __atomic_add_fetch (&x->dirty, 1, __ATOMIC_RELEASE);
-    if (e->durability == NBDSNAP_DURABILITY_POWER
-        && gcommit_sync (&x->store_gc, sync_store, x) == -1) {
-      return invalidate (x, "store fdatasync", errno) == 0 ? -1 : -2;
-    }
+    if (r == 1 && !__atomic_exchange_n (&e->copy_by_hand, true,
+                                        __ATOMIC_RELAXED))
+      nbdsnap_debug ("copy-on-write: copy_file_range from %s to the "
+                     "stores is not possible here (%m): copying by hand",
+                     e->origin->path);
   }
-  /* An all-zero chunk needs no data: the store is a hole there. */
+  if (r != 0) {
+    if (*buf == NULL && (*buf = malloc (e->chunk_size)) == NULL) {
+      nbdsnap_error ("malloc: %m");
+      errno = EIO;
+      return -2;
+    }
+    if (io_pread_full (e->origin->fd, *buf, len, off) == -1) {
+      nbdsnap_error ("copy-on-write: read %s at %" PRIu64 ": %m",
+                     e->origin->path, off);
+      errno = EIO;
+      return -2;
+    }
+    /* An all-zero chunk needs no data: the store is a hole there. */
+    if (all_zero (*buf, len))
+      goto mark;
+    if (io_pwrite_full (x->store_fd, *buf, len, off) == -1)
+      return invalidate (x, "store write", errno) == 0 ? -1 : -2;
+  }
+  __atomic_add_fetch (&x->dirty, 1, __ATOMIC_RELEASE);
+  if (e->durability == NBDSNAP_DURABILITY_POWER
+      && gcommit_sync (&x->store_gc, sync_store, x) == -1) {
+    return invalidate (x, "store fdatasync", errno) == 0 ? -1 : -2;
+  }
+ mark:
   if (mark_copied (e, x, c) == -1)
     return invalidate (x, "bitmap write", errno) == 0 ? -1 : -2;
   __atomic_fetch_add (&x->chunks_copied, 1, __ATOMIC_RELAXED);
@@ -236,15 +295,7 @@ cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
       }
       continue;                 /* the next older one may need c */
     }
-    if (*buf == NULL) {
-      *buf = malloc (e->chunk_size);
-      if (*buf == NULL) {
-        nbdsnap_error ("malloc: %m");
-        r = -1;
-        break;
-      }
-    }
-    r = copy_chunk (e, x, c, *buf);
+    r = copy_chunk (e, x, c, buf);
     if (r == 0) {
       *copied = true;
       break;
@@ -667,8 +718,8 @@ nbdsnap_snap_changes (struct nbdsnap_engine *e, struct nbdsnap_snap *a,
   if (x != b) {
     pthread_rwlock_unlock (&e->chain_lock);
     errno = EINVAL;
-    nbdsnap_error ("snapshot %s is not newer than %s: changes go from the "
-                   "older snapshot to the newer", b->name, a->name);
+    nbdsnap_refuse ("snapshot %s is not newer than %s: changes go from "
+                    "the older snapshot to the newer", b->name, a->name);
     return -1;
   }
 

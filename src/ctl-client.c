@@ -244,8 +244,16 @@ ctl_call (struct ctl *c, const char *line, json_t **resp)
     msg = json_string_value (json_object_get (r, "message"));
     if (c->json && !c->quiet)
       puts (c->line);
-    if (!c->quiet)
-      ctl_msg ("%s: %s", proto_cmd_name (req.cmd), msg ? msg : "failed");
+    if (!c->quiet) {
+      const char *cmd = proto_cmd_name (req.cmd);
+      size_t n = strlen (cmd);
+
+      /* Some server messages name the request already ("hold: ..."). */
+      if (msg != NULL && strncmp (msg, cmd, n) == 0 && msg[n] == ':')
+        ctl_msg ("%s", msg);
+      else
+        ctl_msg ("%s: %s", cmd, msg ? msg : "failed");
+    }
     json_decref (r);
     return proto_err_exit_status (kind);
   }

@@ -273,6 +273,8 @@ ctl_nbd_uri (struct ctl *c, const struct ctl_session *s,
     t.uri_base = s->uri_base;
     t.nbd_socket = s->nbd_socket;
   }
+  if (t.uri_base == NULL && t.nbd_socket == NULL)
+    t.nbd_socket = getenv ("NBDSNAP_NBD_SOCKET");
   if (t.uri_base == NULL && t.nbd_socket == NULL) {
     t.uri_base = base = hello_nbd_uri (c, status);
     if (*status != 0)

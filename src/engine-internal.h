@@ -73,6 +73,11 @@ struct nbdsnap_engine {
    * read by writers with it shared. */
   struct create_window *window;
 
+  /* Atomic: copy_file_range from the origin to the stores failed as
+   * not possible here (cow.c: copy_kernel); copy-on-writes copy by hand
+   * from then on. */
+  bool copy_by_hand;
+
   int inject_errno;             /* atomic; test hook */
   /* Test hooks (nbdsnap_engine_test_*_hook); set while no delete or
    * create runs. */

@@ -100,9 +100,9 @@ extern int ctl_session_run (struct ctl *c, const struct ctl_session *s);
 extern char *ctl_export_uri (const struct ctl_session *s, int *status);
 
 /* Where the NBD server is: the URI of export `export` ("" for the
- * origin) from s->uri_base, else s->nbd_socket, else the first of the
- * server's "nbd" URIs (hello; c is connected if it is not yet).  s may be
- * NULL (then only hello).  NULL with *status set after a message if none
+ * origin) from s->uri_base, else s->nbd_socket, else
+ * $NBDSNAP_NBD_SOCKET, else the first of the server's "nbd" URIs (hello;
+ * c is connected if it is not yet).  s may be NULL.  NULL with *status set after a message if none
  * is known or the base is not usable.  Caller frees. */
 extern char *ctl_nbd_uri (struct ctl *c, const struct ctl_session *s,
                           const char *export, int *status);

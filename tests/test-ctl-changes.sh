@@ -103,3 +103,58 @@ with open('$tmpdir/backup.img', 'r+b') as f:
 "
 cmp "$tmpdir/backup.img" "$img" ||
   fail "snapshot + changes is not the origin: changes missed a write"
+
+# changes A B: between two snapshots, each extent marked zero or data by
+# what B reads there.  Trimmed chunks 4-5 read as zeros in s4 (zero), chunk
+# 30 was written (data), chunk 16 written then trimmed (zero); chunk 2,
+# written after s4, is in `changes s3' but not in `changes s3 s4'.
+ctl create s3
+nbdsh -u "$uri" -c "
+h.trim($(( 2 * C )), $(( 4 * C )))
+h.pwrite(b'\\x0a' * $C, $(( 30 * C )))
+h.pwrite(b'\\x0b' * 10, $(( 16 * C )))
+h.trim($C, $(( 16 * C )))
+h.flush()"
+ctl create s4
+nbdsh -u "$uri" -c "h.pwrite(b'\\x0c' * 10, $(( 2 * C ))); h.flush()"
+# checkz A [B] OFFSET:LENGTH:ZERO...
+checkz ()
+{
+  local a=$1 b=$2
+  shift 2
+  ctl --json changes "$a" $b > "$tmpdir/changes.json"
+  "$PYTHON" - "$tmpdir/changes.json" "$@" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+want = [[int(x) for x in a.split(":")] for a in sys.argv[2:]]
+got = [[e["offset"], e["length"], int(e["zero"])] for e in r["extents"]]
+assert got == want, "changes %s %s: got %r, expected %r" % (
+    r["name"], r["to"], got, want)
+assert r["changed_bytes"] == sum(w[1] for w in want), r
+assert r["zero_bytes"] == sum(w[1] for w in want if w[2]), r
+PY
+}
+checkz s3 s4 "$(( 4 * C )):$(( 2 * C )):1" "$(( 16 * C )):$C:1" \
+       "$(( 30 * C )):$C:0"
+checkz s3 "" "$(( 2 * C )):$C:0" "$(( 4 * C )):$(( 2 * C )):1" \
+       "$(( 16 * C )):$C:1" "$(( 30 * C )):$C:0"
+checkz s3 s3
+# s4 -> s3 goes backwards: a usage error (exit 2), nothing printed.
+set +e
+ctl changes s4 s3 > "$tmpdir/out" 2> "$tmpdir/err"
+st=$?
+set -e
+[ "$st" = 2 ] || fail "changes s4 s3 exited $st, want 2"
+grep -q "not newer" "$tmpdir/err" || fail "changes s4 s3: $(cat "$tmpdir/err")"
+[ ! -s "$tmpdir/out" ] || fail "changes s4 s3 printed: $(cat "$tmpdir/out")"
+set +e
+ctl changes s3 nope 2> "$tmpdir/err"
+st=$?
+set -e
+[ "$st" = 5 ] || fail "changes s3 nope exited $st, want 5"
+# The table: one line per extent, and the sum.
+ctl changes s3 s4 > "$tmpdir/out"
+grep -qE "^ +$(( 4 * C )) +$(( 2 * C ))  zero$" "$tmpdir/out" &&
+  grep -qE "^ +$(( 30 * C )) +$C  data$" "$tmpdir/out" &&
+  grep -q "^3 extents, " "$tmpdir/out" ||
+  fail "changes s3 s4 table: $(cat "$tmpdir/out")"

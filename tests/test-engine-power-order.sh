@@ -5,7 +5,9 @@
 # (see power_order.c): single (first write to a chunk, then a second
 # one: "again"), spread (N threads, N fresh chunks at once), same (N threads, one
 # fresh chunk; the followers start the instant the copier's bit is set).
-# We trace pwrite64, fdatasync, msync and fsync and assert:
+# We trace pwrite64, copy_file_range, fdatasync, msync and fsync and
+# assert (a "store pwrite" is a pwrite64 to the store or, where the
+# kernel copies, a copy_file_range from the origin to the store):
 #
 # durability=power, for every origin pwrite to chunk k: before it
 #   started, a store pwrite of chunk k had ended, then an fdatasync of the
@@ -45,7 +47,9 @@ check ()
   chunk=$(sed -n 's/^chunk=//p' "$info")
   awk -v mode="$mode" -v ofd="$origin_fd" -v sfd="$store_fd" \
       -v bfd="$bitmap_fd" -v chunk="$chunk" -v N="$N" '
-    function kind_of(name, a1) {
+    function kind_of(name, a1, a3) {
+      if (name == "copy_file_range" && a1 == ofd && a3 == sfd) return "store"
+      if (name == "copy_file_range") return "copy-other"
       if (name == "pwrite64" && a1 == sfd) return "store"
       if (name == "pwrite64" && a1 == ofd) return "origin"
       if (name == "fdatasync" && a1 == sfd) return "sync"
@@ -57,9 +61,13 @@ check ()
     function add(pid, name, args, complete,   a, n) {
       n = split(args, a, /, */)
       ev++
-      kind[ev] = kind_of(name, a[1])
-      # pwrite64(fd, "..."..., count, offset): the offset is the last arg
+      kind[ev] = kind_of(name, a[1], a[3])
+      # pwrite64(fd, "..."..., count, offset): the offset is the last arg;
+      # copy_file_range(in, [off_in => end], out, [off_out...], len, 0)
       off[ev] = (name == "pwrite64") ? a[n] + 0 : -1
+      if (name == "copy_file_range") {
+        o = a[4]; sub(/^\[/, "", o); sub(/[] ].*$/, "", o); off[ev] = o + 0
+      }
       ck[ev] = (off[ev] >= 0) ? int(off[ev] / chunk) : -1
       ph[ev] = phase
       ent[ev] = NR
@@ -78,7 +86,7 @@ check ()
         next
       }
       if (phase == "" || phase == "end") next
-      if (match($0, /^[0-9]+ +(pwrite64|fdatasync|msync|fsync)\(/)) {
+      if (match($0, /^[0-9]+ +(pwrite64|copy_file_range|fdatasync|msync|fsync)\(/)) {
         s = substr($0, RSTART, RLENGTH)
         name = s; sub(/^[0-9]+ +/, "", name); sub(/\($/, "", name)
         args = substr($0, RSTART + RLENGTH)
@@ -169,7 +177,8 @@ for mode in power process; do
     info="$tmpdir/info-$mode-$attempt"
     # LeakSanitizer cannot run under ptrace (--enable-sanitizers builds).
     ASAN_OPTIONS="detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
-    strace -f -qq -e trace=pwrite64,fdatasync,msync,fsync -s 16 \
+    strace -f -qq -e trace=pwrite64,copy_file_range,fdatasync,msync,fsync \
+           -s 16 \
            -o "$trace" "$helper" "$mode" "$N" > "$info" ||
       fail "power_order $mode $N failed"
     r=0

@@ -270,6 +270,8 @@ extern int nbdsnap_snap_extents (struct nbdsnap_engine *e,
  * shared for one page only; the caller keeps a and b from being deleted
  * (the catalog's pins).  Fails with EIO if a or b is not live, EINVAL if
  * b is not newer than a (a == b: no changes). */
+#define NBDSNAP_CHANGES_PAGED 1  /* this signature (bench/scale-bench.c
+                                    builds against older engines too) */
 extern int nbdsnap_snap_changes (struct nbdsnap_engine *e,
                                  struct nbdsnap_snap *a,
                                  struct nbdsnap_snap *b,

@@ -12,8 +12,9 @@
  *                  origin holds the new bytes; a chunk is copied once
  *   zero_trim      zero and trim of the origin preserve the snapshot
  *   holes          chunks that were holes are not candidates, read zeros,
- *                  are never copied (the store stays sparse); all-zero
- *                  data chunks need no store blocks either
+ *                  are never copied (the store stays sparse); an
+ *                  all-zero data chunk is copied right (copy_file_range
+ *                  copies it like any other; by hand it stays a hole)
  *   extents        holes/data of a snapshot, merged, clamped, sub-ranges,
  *                  callback stop and error
  *   reads          random unaligned reads spanning copied and uncopied
@@ -303,15 +304,15 @@ START_TEST (test_holes)         /* loop */
 }
 END_TEST
 
-START_TEST (test_zero_chunk_sparse)
+START_TEST (test_zero_chunk)
 {
   struct nbdsnap_snap *s;
   unsigned char *old;
   int fd;
   unsigned char zeros[CHUNK];
 
-  /* Chunk 3 is allocated but holds zeros: a candidate whose copy needs
-   * no store blocks. */
+  /* Chunk 3 is allocated but holds zeros: a candidate, copied once, at
+   * most one chunk of store (none when copied by hand: a hole). */
   make_image (img, SIZE, 0);
   fd = open (img, O_RDWR);
   memset (zeros, 0, sizeof zeros);
@@ -326,7 +327,7 @@ START_TEST (test_zero_chunk_sparse)
   ck_assert_uint_eq (info_of (s).chunks_candidate, 1);
   wpat (50, CHUNK, 3 * CHUNK);
   ck_assert_uint_eq (info_of (s).chunks_copied, 1);
-  ck_assert_uint_eq (blocks_of (snapfile (1, "store")), 0);
+  ck_assert_uint_le (blocks_of (snapfile (1, "store")), CHUNK);
   check_snap (s, old);
   ereopen ();
   s = nbdsnap_snap_lookup (e, "zc");
@@ -1628,7 +1629,7 @@ engine_suite (void)
     { "basic", test_basic, 2 },
     { "zero_trim", test_zero_trim, 2 },
     { "holes", test_holes, 2 },
-    { "zero_chunk_sparse", test_zero_chunk_sparse, 1 },
+    { "zero_chunk", test_zero_chunk, 1 },
     { "extents", test_extents, 1 },
     { "reads", test_reads, 1 },
     { "many", test_many, 2 },
