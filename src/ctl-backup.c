@@ -1070,7 +1070,8 @@ ctl_backup (struct ctl *c, int argc, char **argv)
     { "uri-base", required_argument, NULL, 'U' },
     { NULL },
   };
-  struct ctl_session s = { .nbd_socket = getenv ("NBDSNAP_NBD_SOCKET") };
+  struct ctl_session s = { .name = NULL }; /* ctl_nbd_uri reads
+                                              $NBDSNAP_NBD_SOCKET */
   struct backup b = {
     .fd = -1, .nconn = 4, .diff = UINT64_MAX,
     .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
