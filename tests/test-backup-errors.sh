@@ -6,7 +6,8 @@
 # not created: an unknown SNAP or OLD (5), OLD newer than SNAP (2, the
 # server's bad-request), DEST's size not the image's (1; also an empty
 # DEST or a missing one with --since), DEST a directory or on a read-only
-# file system (1), the admin server or the NBD server unreachable (3),
+# file system (1), --verify of a DEST that is not SNAP (1, the first
+# differing offset), the admin server or the NBD server unreachable (3),
 # bad options (2) and names (6).  Afterwards no hold is left behind.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires "$PYTHON" -c 'import nbd'
@@ -96,6 +97,13 @@ refuse 3 "cannot connect to the NBD server" \
 refuse 3 "cannot connect to the NBD server" \
   env NBDSNAP_NBD_SOCKET="$tmpdir/nope.sock" "${ctl_cmd[@]}" \
   backup s1 "$dest" --since s0
+
+# --verify finds DEST is not SNAP: "--since s1" to s1 changes nothing,
+# and DEST holds s0; the message names the first differing offset.
+first=$(cmp "$dest" "$img" | sed -n 's/.* differ: byte \([0-9]*\),.*/\1/p')
+[ -n "$first" ] || fail "s0 and s1 do not differ"
+refuse 1 "backup: verify: $dest differs from snapshot s1 at offset $(( first - 1 ))\$" \
+  ctl backup s1 "$dest" --since s1 --verify
 
 # Bad usage and names.
 refuse 2 "--connections" ctl backup s0 "$dest" --connections 0
