@@ -58,6 +58,8 @@ refused (enum catalog_err err, int errnum, const char *cmd,
   case CATALOG_ERR_LIMIT:     kind = PROTO_ERR_LIMIT; break;
   case CATALOG_ERR_READONLY:  kind = PROTO_ERR_READONLY; break;
   default:
+    if (errnum == EINVAL && m[0])      /* a refusal that says why */
+      return proto_error (PROTO_ERR_BAD_REQUEST, errnum, "%s", m);
     return proto_error_errno (errnum, "%s %s: %s", cmd, name,
                               m[0] ? m : strerror (errnum));
   }
