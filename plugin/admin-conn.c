@@ -22,7 +22,8 @@
  *   If it closes while its job runs, the job calls it when it returns
  *   (admin-job.c).
  *
- * - create, delete, rollback and changes are jobs (admin-job.c): they run
+ * - create, delete, rollback, changes and named hold/release (a tag: the
+ *   holds file is synced) are jobs (admin-job.c): they run
  *   on a worker thread, and until the job answers (admin_conn_answer) the
  *   connection reads and serves no more requests, so that answers keep
  *   request order.  Every other request is answered here, at once.
@@ -192,7 +193,9 @@ job_op (const struct admin_ops *ops, enum proto_cmd cmd)
     && ((cmd == PROTO_CMD_CREATE && ops->create)
         || (cmd == PROTO_CMD_DELETE && ops->delete)
         || (cmd == PROTO_CMD_ROLLBACK && ops->rollback)
-        || (cmd == PROTO_CMD_CHANGES && ops->changes));
+        || (cmd == PROTO_CMD_CHANGES && ops->changes)
+        || (cmd == PROTO_CMD_HOLD && ops->hold_named)
+        || (cmd == PROTO_CMD_RELEASE && ops->release_named));
 }
 
 /* Answer a request that is not a job. */
@@ -214,6 +217,7 @@ dispatch (struct admin_conn *c, const struct proto_request *r)
   case PROTO_CMD_CLIENTS: return CALL (clients, c->id);
   case PROTO_CMD_HOLD:    return CALL (hold, c->id, r->name);
   case PROTO_CMD_RELEASE: return CALL (release, c->id, r->name);
+  case PROTO_CMD_HOLDS:   return CALL (holds, c->id, r->name);
   case PROTO_CMD_STATS:
     resp = ops && ops->stats ? ops->stats (c->id) : proto_ok ();
     if (json_is_true (json_object_get (resp, "ok")))
@@ -240,20 +244,21 @@ conn_request (struct admin_conn *c, const char *line, size_t len)
     return conn_respond (c, proto_error_parse (&perr));
   }
   if (nbdsnap_debug_admin)
-    nbdkit_debug ("admin: conn %" PRIu64 ": %s %s%s%s%s%s%s%s", c->id,
+    nbdkit_debug ("admin: conn %" PRIu64 ": %s %s%s%s%s%s%s%s%s%s", c->id,
                   proto_cmd_name (req.cmd), req.name,
+                  req.tag[0] ? " tag=" : "", req.tag,
                   req.temporary ? " temporary" : "",
                   req.mode == PROTO_DELETE_DEFER ? " defer" : "",
                   req.mode == PROTO_DELETE_FORCE || req.force ? " force" : "",
                   req.destroy_newer ? " destroy-newer" : "",
                   req.nowait ? " nowait" : "",
                   req.progress ? " progress" : "");
-  if (admin_job_is (req.cmd) && job_op (admin.ops, req.cmd)) {
+  if (admin_job_is (&req) && job_op (admin.ops, req.cmd)) {
     if (admin_job_start (c, &req, &resp) == 0)
       return 0;                         /* it answers when it returns */
     return conn_respond (c, resp);
   }
-  if (admin_job_is (req.cmd))
+  if (admin_job_is (&req))
     return conn_respond (c, missing (req.cmd));
   return conn_respond (c, dispatch (c, &req));
 }

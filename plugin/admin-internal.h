@@ -110,7 +110,7 @@ extern void admin_conn_answer (struct admin_conn *c, json_t *resp);
 extern bool admin_conn_progress (struct admin_conn *c, json_t *line);
 
 /* admin-job.c */
-extern bool admin_job_is (enum proto_cmd cmd);
+extern bool admin_job_is (const struct proto_request *r);
 /* In admin_start, before the thread: the ev_async workers wake it with. */
 extern void admin_job_init (void);
 /* Start the job for request r of c (the op exists): 0 with c->job set, or

@@ -109,10 +109,14 @@ static struct {
 };
 
 bool
-admin_job_is (enum proto_cmd cmd)
+admin_job_is (const struct proto_request *r)
 {
+  enum proto_cmd cmd = r->cmd;
+
   return cmd == PROTO_CMD_CREATE || cmd == PROTO_CMD_DELETE
-    || cmd == PROTO_CMD_ROLLBACK || cmd == PROTO_CMD_CHANGES;
+    || cmd == PROTO_CMD_ROLLBACK || cmd == PROTO_CMD_CHANGES
+    || ((cmd == PROTO_CMD_HOLD || cmd == PROTO_CMD_RELEASE)
+        && r->tag[0] != '\0');        /* named: the file is synced */
 }
 
 /* Call with jobs.lock held; the caller then calls ev_async_send. */
@@ -167,6 +171,10 @@ run_op (struct admin_job *j)
                           &j->progress);
   case PROTO_CMD_CHANGES:
     return ops->changes (j->conn_id, r->name, r->to, r->offset, r->limit);
+  case PROTO_CMD_HOLD:
+    return ops->hold_named (j->conn_id, r->name, r->tag);
+  case PROTO_CMD_RELEASE:
+    return ops->release_named (j->conn_id, r->name, r->tag);
   default:
     abort ();                   /* admin_job_start checked admin_job_is */
   }

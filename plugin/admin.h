@@ -14,10 +14,11 @@
  *                                      conn_closed for every connection
  *
  * Threads: the admin loop never runs a long operation itself.  create,
- * delete, rollback and changes ("jobs") are called on worker threads
+ * delete, rollback, changes, and hold and release with a tag ("jobs") are called on worker threads
  * (plugin/admin-job.c), any number at once, from different connections;
  * they may take seconds to minutes.  Every other operation (list, info,
- * clients, hold, release, stats, conn_opened, conn_closed) is called on
+ * clients, holds, hold and release without a tag, stats,
+ * conn_opened, conn_closed) is called on
  * the admin thread and must answer within milliseconds: it must never
  * wait for a job (nor for an NBD client).  Operations must be safe to
  * call concurrently with each other and with themselves, and must not
@@ -98,6 +99,19 @@ struct admin_ops {
    * (conn holds none: holds of other connections are theirs).  Success:
    * "name", "holds". */
   json_t *(*release) (uint64_t conn, const char *name);
+
+  /* Named holds (jobs: each writes and syncs the holds file).  hold:
+   * errors not-found, exists (the tag is on it already), invalid-name,
+   * limit, io; success "name", "tag", "created", "holds",
+   * "named_holds".  release: errors not-found, not-held (no hold with
+   * that tag), io; success "name", "holds", "named_holds". */
+  json_t *(*hold_named) (uint64_t conn, const char *name, const char *tag);
+  json_t *(*release_named) (uint64_t conn, const char *name,
+                            const char *tag);
+
+  /* Every hold (of name only, unless it is ""): named and connection
+   * holds.  Errors: not-found.  Success: "holds": [...]. */
+  json_t *(*holds) (uint64_t conn, const char *name);
 
   /* One page of the changes from name to `to` (a job).  Errors:
    * not-found, io (invalid snapshot), bad-request (to not newer).

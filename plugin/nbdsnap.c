@@ -399,9 +399,7 @@ nbdsnap_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
   else
     r = nbdsnap_snap_pread (engine, h->snap, buf, count, offset);
   catalog_leave (h->conn);
-  if (r == 0)
-    catalog_conn_count (h->conn, false, count);
-  return r;
+  return catalog_conn_done (h->conn, CATALOG_REQ_READ, count, r);
 }
 
 static int
@@ -418,9 +416,7 @@ nbdsnap_pwrite (void *handle, const void *buf, uint32_t count,
   r = nbdsnap_engine_pwrite (engine, buf, count, offset,
                              flags & NBDKIT_FLAG_FUA);
   catalog_leave (h->conn);
-  if (r == 0)
-    catalog_conn_count (h->conn, true, count);
-  return r;
+  return catalog_conn_done (h->conn, CATALOG_REQ_WRITE, count, r);
 }
 
 static int
@@ -438,9 +434,7 @@ nbdsnap_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
                            flags & NBDKIT_FLAG_FUA,
                            flags & NBDKIT_FLAG_FAST_ZERO);
   catalog_leave (h->conn);
-  if (r == 0)
-    catalog_conn_count (h->conn, true, count);
-  return r;
+  return catalog_conn_done (h->conn, CATALOG_REQ_ZERO, count, r);
 }
 
 static int
@@ -455,9 +449,7 @@ nbdsnap_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
     return -1;
   r = nbdsnap_engine_trim (engine, count, offset, flags & NBDKIT_FLAG_FUA);
   catalog_leave (h->conn);
-  if (r == 0)
-    catalog_conn_count (h->conn, true, count);
-  return r;
+  return catalog_conn_done (h->conn, CATALOG_REQ_TRIM, count, r);
 }
 
 /* Stores and bitmaps first, then the origin (nbdsnap_engine_flush). */
@@ -471,7 +463,7 @@ nbdsnap_flush (void *handle, uint32_t flags)
     return -1;
   r = nbdsnap_engine_flush (engine);
   catalog_leave (h->conn);
-  return r;
+  return catalog_conn_done (h->conn, CATALOG_REQ_FLUSH, 0, r);
 }
 
 static int
@@ -485,7 +477,7 @@ nbdsnap_cache (void *handle, uint32_t count, uint64_t offset,
     return -1;
   r = nbdsnap_origin_cache (&origin, count, offset);
   catalog_leave (h->conn);
-  return r;
+  return catalog_conn_done (h->conn, CATALOG_REQ_OTHER, 0, r);
 }
 
 struct extents_ctx {
@@ -523,7 +515,7 @@ nbdsnap_extents (void *handle, uint32_t count, uint64_t offset,
     r = nbdsnap_snap_extents (engine, h->snap, offset, count, add_extent,
                               &ctx);
   catalog_leave (h->conn);
-  return r;
+  return catalog_conn_done (h->conn, CATALOG_REQ_OTHER, 0, r);
 }
 
 static struct nbdkit_plugin plugin = {

@@ -8,7 +8,8 @@
  * admin loop starts.  Each operation is one catalog call (two for stats)
  * and the formatting of its answer.
  *
- * Threads (plugin/admin.h): create, delete, rollback and changes are jobs,
+ * Threads (plugin/admin.h): create, delete, rollback, changes and named
+ * hold and release (they write and sync the holds file) are jobs,
  * called on worker threads; the catalog drops its lock around their engine
  * calls.  list, info, clients, hold, release, stats and conn_closed run on
  * the admin thread: their catalog calls only copy or mark state under the
@@ -36,6 +37,7 @@
 #include "nbdsnap/admin.h"
 #include "nbdsnap/err.h"
 #include "registry.h"
+#include "holds.h"
 
 /* Set once before the admin loop starts, read-only afterwards. */
 static struct catalog *cat;
@@ -92,7 +94,7 @@ snap_json (const struct catalog_snap *s)
 
   rfc3339 (&info->created, when, sizeof when);
   r = json_pack ("{s:s, s:I, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I,"
-                 " s:I, s:I, s:I}",
+                 " s:I, s:I, s:I, s:I}",
                  "name", info->name,
                  "id", (json_int_t) info->id,
                  "created", when,
@@ -100,6 +102,7 @@ snap_json (const struct catalog_snap *s)
                  "temporary", info->temporary,
                  "clients", (json_int_t) s->clients,
                  "holds", (json_int_t) s->holds,
+                 "named_holds", (json_int_t) s->named_holds,
                  "chunks_candidate", (json_int_t) info->chunks_candidate,
                  "chunks_copied", (json_int_t) info->chunks_copied,
                  "store_bytes", (json_int_t) info->store_bytes,
@@ -275,8 +278,15 @@ op_clients (uint64_t conn)
 static json_t *
 holds_reply (const char *name, unsigned holds)
 {
-  return json_pack ("{s:b, s:s, s:I}", "ok", 1, "name", name,
-                    "holds", (json_int_t) holds);
+  struct catalog_snap s;
+  unsigned named = 0;
+
+  if (catalog_info (cat, name, &s) == CATALOG_OK)
+    named = s.named_holds;
+  nbdsnap_clear_error ();
+  return json_pack ("{s:b, s:s, s:I, s:I}", "ok", 1, "name", name,
+                    "holds", (json_int_t) holds,
+                    "named_holds", (json_int_t) named);
 }
 
 static json_t *
@@ -303,6 +313,74 @@ op_release (uint64_t conn, const char *name)
   if (err != CATALOG_OK)
     return refused (err, errno, "release", name);
   return holds_reply (name, holds);
+}
+
+/* A job: the holds file is written and synced. */
+static json_t *
+op_hold_named (uint64_t conn, const char *name, const char *tag)
+{
+  struct catalog_hold h;
+  enum catalog_err err;
+  unsigned named, holds;
+  char when[32];
+
+  nbdsnap_clear_error ();
+  err = catalog_hold_named (cat, name, tag, &h, &named, &holds);
+  if (err != CATALOG_OK)
+    return refused (err, errno, "hold", name);
+  holds_time_text (h.created, when, sizeof when);
+  return json_pack ("{s:b, s:s, s:s, s:s, s:I, s:I}", "ok", 1,
+                    "name", name, "tag", tag, "created", when,
+                    "holds", (json_int_t) holds,
+                    "named_holds", (json_int_t) named);
+}
+
+static json_t *
+op_release_named (uint64_t conn, const char *name, const char *tag)
+{
+  enum catalog_err err;
+  unsigned named, holds;
+
+  nbdsnap_clear_error ();
+  err = catalog_release_named (cat, name, tag, &named, &holds);
+  if (err != CATALOG_OK)
+    return refused (err, errno, "release", name);
+  return json_pack ("{s:b, s:s, s:s, s:I, s:I}", "ok", 1, "name", name,
+                    "tag", tag, "holds", (json_int_t) holds,
+                    "named_holds", (json_int_t) named);
+}
+
+static json_t *
+op_holds (uint64_t conn, const char *name)
+{
+  struct catalog_hold *list;
+  enum catalog_err err;
+  size_t n, i;
+  json_t *arr;
+  char when[32];
+
+  nbdsnap_clear_error ();
+  err = catalog_holds (cat, name, &list, &n);
+  if (err != CATALOG_OK)
+    return refused (err, errno, "holds", name);
+  arr = json_array ();
+  for (i = 0; arr && i < n; ++i) {
+    const struct catalog_hold *h = &list[i];
+    holds_time_text (h->created, when, sizeof when);
+    if (h->tag[0])
+      json_array_append_new (arr, json_pack ("{s:s, s:s, s:s, s:b}",
+                                             "name", h->name, "tag", h->tag,
+                                             "created", when,
+                                             "persistent", 1));
+    else
+      json_array_append_new (arr, json_pack ("{s:s, s:n, s:I, s:s, s:b}",
+                                             "name", h->name, "tag",
+                                             "conn", (json_int_t) h->conn,
+                                             "created", when,
+                                             "persistent", 0));
+  }
+  free (list);
+  return ok_with ("holds", arr);
 }
 
 struct changes_ctx {
@@ -361,11 +439,57 @@ op_changes (uint64_t conn, const char *name, const char *to,
   return r;
 }
 
+/* stats' "totals" (include/nbdsnap/admin.h). */
+static json_t *
+totals_json (const struct catalog_totals *t,
+             const struct nbdsnap_engine_counters *ec)
+{
+  json_t *errors = json_object ();
+  char num[16];
+  int i;
+
+  for (i = 0; errors && i < CATALOG_ERRNO_SLOTS; ++i) {
+    const char *name = i ? proto_errno_name (i) : "other";
+    if (t->errors[i] == 0)
+      continue;
+    if (name == NULL) {
+      snprintf (num, sizeof num, "%d", i);
+      name = num;
+    }
+    json_object_set_new (errors, name, json_integer (t->errors[i]));
+  }
+  return json_pack (
+    "{s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
+    " s:{s:I, s:I}, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+    "origin",
+      "bytes_read", (json_int_t) t->origin_bytes_read,
+      "bytes_written", (json_int_t) t->origin_bytes_written,
+      "zero_bytes", (json_int_t) t->origin_zero_bytes,
+      "trim_bytes", (json_int_t) t->origin_trim_bytes,
+      "reads", (json_int_t) t->origin_reads,
+      "writes", (json_int_t) t->origin_writes,
+      "zeros", (json_int_t) t->origin_zeros,
+      "trims", (json_int_t) t->origin_trims,
+      "flushes", (json_int_t) t->origin_flushes,
+    "snapshots",
+      "bytes_read", (json_int_t) t->snap_bytes_read,
+      "reads", (json_int_t) t->snap_reads,
+    "cow_chunks", (json_int_t) ec->cow_chunks,
+    "cow_bytes", (json_int_t) ec->cow_bytes,
+    "syncs", (json_int_t) ec->syncs,
+    "sync_shared", (json_int_t) ec->sync_shared,
+    "invalidations", (json_int_t) ec->invalidations,
+    "requests_failed", (json_int_t) t->failed,
+    "errors", errors);
+}
+
 static json_t *
 op_stats (uint64_t conn)
 {
   struct catalog_snap *snaps;
   struct catalog_client *clients;
+  struct catalog_totals t;
+  struct nbdsnap_engine_counters ec;
   uint64_t copied = 0, cows = 0, store = 0, sync_ns = 0, rd = 0, wr = 0;
   ssize_t nsnaps, nclients, i;
   json_t *r;
@@ -384,12 +508,13 @@ op_stats (uint64_t conn)
     store += snaps[i].info.store_bytes;
     sync_ns += snaps[i].info.sync_ns;
   }
-  for (i = 0; i < nclients; ++i) {
-    rd += clients[i].bytes_read;
-    wr += clients[i].bytes_written;
-  }
   free (snaps);
   free (clients);
+  catalog_totals (cat, &t);
+  nbdsnap_engine_counters (catalog_engine (cat), &ec);
+  /* Since start, every client: connected or gone. */
+  rd = t.origin_bytes_read + t.snap_bytes_read;
+  wr = t.origin_bytes_written + t.origin_zero_bytes + t.origin_trim_bytes;
   r = proto_ok ();
   if (r)
     json_object_update_new (r, json_pack (
@@ -404,6 +529,8 @@ op_stats (uint64_t conn)
       "bytes_written", (json_int_t) wr,
       "chunk_size",
       (json_int_t) nbdsnap_engine_chunk_size (catalog_engine (cat))));
+  if (r)
+    json_object_set_new (r, "totals", totals_json (&t, &ec));
   return r;
 }
 
@@ -422,6 +549,9 @@ static const struct admin_ops ops = {
   .clients = op_clients,
   .hold = op_hold,
   .release = op_release,
+  .hold_named = op_hold_named,
+  .release_named = op_release_named,
+  .holds = op_holds,
   .changes = op_changes,
   .nbd_uris = registry_nbd_uris,
   .stats = op_stats,

@@ -32,6 +32,7 @@
 
 #include "nbdsnap/err.h"
 #include "catalog.h"
+#include "holds.h"
 
 /* Lock discipline.
  *
@@ -53,12 +54,22 @@
  *             (try-lock, catalog_enter) for its length and takes no other
  *             catalog lock meanwhile; a revoker takes it exclusive once,
  *             without cat->lock, to wait for the requests inside.
+ * cat->holds_lock  mutex; serializes the changes of named holds with
+ *             their writes of the holds file: catalog_hold_named and
+ *             catalog_release_named hold it for the whole operation,
+ *             write and fsync included (without cat->lock, which they
+ *             take briefly inside, to mark and to finish), so each write
+ *             carries every earlier change and the file's last write is
+ *             the newest state.  The named holds themselves (cat->named,
+ *             en->named_holds) are cat->lock's, changed only by holders
+ *             of both (and by catalog_new, alone).
  * Counters on the data path (bytes, requests) and conn->revoked are
- * atomics.
+ * atomics; cat->closed (the totals of closed handles) is cat->lock's.
  *
- * In the program's lock order: cat->lock, then conn->gate (never the
- * other way round: nothing takes cat->lock inside a gate), then the
- * engine's locks (chain_lock, ...), which both may be held across.
+ * In the program's lock order: cat->holds_lock, then cat->lock, then
+ * conn->gate (never the other way round: nothing takes cat->lock inside
+ * a gate), then the engine's locks (chain_lock, ...), which both may be
+ * held across.
  */
 
 struct entry {
@@ -75,7 +86,16 @@ struct entry {
   struct nbdsnap_progress *progress;    /* moving */
   struct nbdsnap_progress reap_progress;   /* the reaper's */
   unsigned clients, holds, pins;
+  unsigned named_holds;         /* named holds on it (cat->named) */
   struct entry *next;
+};
+
+/* One data connection's counters (atomics). */
+struct conn_counts {
+  uint64_t bytes_read, bytes_written, zero_bytes, trim_bytes;
+  uint64_t reads, writes, zeros, trims, flushes;
+  uint64_t failed;
+  uint64_t errors[CATALOG_ERRNO_SLOTS];
 };
 
 struct catalog_conn {
@@ -92,7 +112,7 @@ struct catalog_conn {
   /* Written at open, then only by catalog_conn_description on the
    * handle's own thread. */
   char description[CATALOG_DESCRIPTION_MAX];
-  uint64_t bytes_read, bytes_written, reads, writes;   /* atomic */
+  struct conn_counts n;
   struct catalog_conn *next;
 };
 
@@ -101,7 +121,16 @@ struct owned {
   uint64_t owner;
   struct entry *en;
   bool temporary;               /* else a hold */
+  time_t created;
   struct owned *next;
+};
+
+/* A named hold (persistent: the holds file says the same). */
+struct named {
+  char tag[NBDSNAP_NAME_MAX + 1];
+  struct entry *en;
+  time_t created;
+  struct named *next;
 };
 
 struct catalog {
@@ -112,6 +141,11 @@ struct catalog {
   struct entry *entries;                /* oldest first */
   struct catalog_conn *conns;
   struct owned *owned;
+  pthread_mutex_t holds_lock;           /* see the lock discipline */
+  struct named *named;                  /* oldest first */
+  size_t nnamed;
+  /* Counters of the data connections that have closed. */
+  struct catalog_totals closed;
   uint64_t next_conn_id;
   /* The running rollback, if any. */
   bool rollback_running;
@@ -177,7 +211,7 @@ catalog_state_name (enum catalog_state state)
 static unsigned
 users (const struct entry *en)
 {
-  return en->clients + en->holds + en->pins;
+  return en->clients + en->holds + en->named_holds + en->pins;
 }
 
 /* Due for the reaper: deferred, marked on disk, unused. */
@@ -258,6 +292,7 @@ owned_add (struct catalog *cat, uint64_t owner, struct entry *en,
   o->owner = owner;
   o->en = en;
   o->temporary = temporary;
+  o->created = time (NULL);
   o->next = cat->owned;
   cat->owned = o;
   return 0;
@@ -300,11 +335,30 @@ lost_user (struct catalog *cat, struct entry *en)
     pthread_cond_signal (&cat->reap);
 }
 
+/* Forget every named hold on en (an entry that goes: never one with
+ * named holds, since they keep it; defensive). */
+static void
+named_forget (struct catalog *cat, struct entry *en)
+{
+  struct named **p = &cat->named, *h;
+
+  while ((h = *p) != NULL) {
+    if (h->en == en) {
+      *p = h->next;
+      cat->nnamed--;
+      free (h);
+    }
+    else
+      p = &h->next;
+  }
+}
+
 static void
 entry_free (struct catalog *cat, struct entry *en)
 {
   entry_unlink (cat, en);
   owned_forget (cat, en, false);
+  named_forget (cat, en);
   free (en);
   pthread_cond_broadcast (&cat->changed);
 }
@@ -325,6 +379,7 @@ snap_copy (struct catalog *cat, const struct entry *en,
     out->state = CATALOG_STATE_INVALID;
   out->clients = en->clients;
   out->holds = en->holds;
+  out->named_holds = en->named_holds;
   out->deferred = en->state == CATALOG_STATE_DELETING && en->deferred;
   out->moving = en->moving;
   if (en->moving && en->progress) {
@@ -346,12 +401,36 @@ snap_copy (struct catalog *cat, const struct entry *en,
 static const char *
 users_text (const struct entry *en, char *buf, size_t n)
 {
-  snprintf (buf, n, "%u client(s) connected, %u hold(s)%s", en->clients,
-            en->holds, en->pins ? ", a changes or rollback job" : "");
+  snprintf (buf, n, "%u client(s) connected, %u hold(s)%s%s", en->clients,
+            en->holds, en->named_holds ? ", named holds" : "",
+            en->pins ? ", a changes or rollback job" : "");
+  return buf;
+}
+
+/* "tag1, tag2" of en's named holds, cut to fit n. */
+static const char *
+tags_text (struct catalog *cat, const struct entry *en, char *buf, size_t n)
+{
+  struct named *h;
+  size_t len = 0;
+
+  buf[0] = '\0';
+  for (h = cat->named; h != NULL; h = h->next) {
+    if (h->en != en)
+      continue;
+    if (len + strlen (h->tag) + 6 >= n) {
+      snprintf (buf + len, n - len, "%s...", len ? ", " : "");
+      break;
+    }
+    len += snprintf (buf + len, n - len, "%s%s", len ? ", " : "", h->tag);
+  }
   return buf;
 }
 
 /* --- Connections ------------------------------------------------------ */
+
+static void count_error (struct catalog_conn *c, int err);
+static void totals_add (struct catalog_totals *t, struct catalog_conn *c);
 
 /* Revoke every handle on en (en == NULL: on the origin): set revoked,
  * detach, take a reference for the drain.  Returns how many; *list gets a
@@ -537,6 +616,7 @@ conn_close_unlocked (struct catalog *cat, struct catalog_conn *c)
   }
   else
     lost_user (cat, NULL);      /* an origin client: rollback's grace */
+  totals_add (&cat->closed, c);
   return --c->refs == 0;
 }
 
@@ -562,10 +642,13 @@ revoked_error (struct catalog_conn *c)
 int
 catalog_enter (struct catalog_conn *c)
 {
-  if (pthread_rwlock_tryrdlock (&c->gate) != 0)
+  if (pthread_rwlock_tryrdlock (&c->gate) != 0) {
+    count_error (c, ESHUTDOWN);
     return revoked_error (c);         /* a revoker holds it: revoked */
+  }
   if (__atomic_load_n (&c->revoked, __ATOMIC_ACQUIRE)) {
     pthread_rwlock_unlock (&c->gate);
+    count_error (c, ESHUTDOWN);
     return revoked_error (c);
   }
   return 0;
@@ -612,12 +695,92 @@ catalog_conn_description (struct catalog_conn *c)
   return c->snap ? c->description : NULL;
 }
 
+#define ADD(f, v) __atomic_fetch_add (&(f), (v), __ATOMIC_RELAXED)
+
 void
 catalog_conn_count (struct catalog_conn *c, bool write, uint32_t count)
 {
-  __atomic_fetch_add (write ? &c->bytes_written : &c->bytes_read, count,
-                      __ATOMIC_RELAXED);
-  __atomic_fetch_add (write ? &c->writes : &c->reads, 1, __ATOMIC_RELAXED);
+  catalog_conn_done (c, write ? CATALOG_REQ_WRITE : CATALOG_REQ_READ,
+                     count, 0);
+}
+
+static void
+count_error (struct catalog_conn *c, int err)
+{
+  ADD (c->n.failed, 1);
+  ADD (c->n.errors[err > 0 && err < CATALOG_ERRNO_SLOTS ? err : 0], 1);
+}
+
+int
+catalog_conn_done (struct catalog_conn *c, enum catalog_req kind,
+                   uint32_t count, int r)
+{
+  struct conn_counts *n = &c->n;
+
+  if (r == -1) {
+    int err = errno;
+    count_error (c, err);
+    errno = err;
+    return r;
+  }
+  switch (kind) {
+  case CATALOG_REQ_READ:  ADD (n->bytes_read, count); ADD (n->reads, 1);
+    break;
+  case CATALOG_REQ_WRITE: ADD (n->bytes_written, count); ADD (n->writes, 1);
+    break;
+  case CATALOG_REQ_ZERO:  ADD (n->zero_bytes, count); ADD (n->zeros, 1);
+    break;
+  case CATALOG_REQ_TRIM:  ADD (n->trim_bytes, count); ADD (n->trims, 1);
+    break;
+  case CATALOG_REQ_FLUSH: ADD (n->flushes, 1); break;
+  case CATALOG_REQ_OTHER: break;
+  }
+  return r;
+}
+
+/* Add c's counters into t (snapshot handles count as snapshots). */
+static void
+totals_add (struct catalog_totals *t, struct catalog_conn *c)
+{
+#define LOAD(f) __atomic_load_n (&c->n.f, __ATOMIC_RELAXED)
+  size_t i;
+
+  if (c->snap != NULL) {
+    t->snap_bytes_read += LOAD (bytes_read);
+    t->snap_reads += LOAD (reads);
+  }
+  else {
+    t->origin_bytes_read += LOAD (bytes_read);
+    t->origin_bytes_written += LOAD (bytes_written);
+    t->origin_zero_bytes += LOAD (zero_bytes);
+    t->origin_trim_bytes += LOAD (trim_bytes);
+    t->origin_reads += LOAD (reads);
+    t->origin_writes += LOAD (writes);
+    t->origin_zeros += LOAD (zeros);
+    t->origin_trims += LOAD (trims);
+    t->origin_flushes += LOAD (flushes);
+  }
+  t->failed += LOAD (failed);
+  for (i = 0; i < CATALOG_ERRNO_SLOTS; ++i)
+    t->errors[i] += LOAD (errors[i]);
+#undef LOAD
+}
+
+static bool
+totals_unlocked (struct catalog *cat, struct catalog_totals *out)
+{
+  struct catalog_conn *c;
+
+  *out = cat->closed;
+  for (c = cat->conns; c != NULL; c = c->next)
+    totals_add (out, c);
+  return true;
+}
+
+void
+catalog_totals (struct catalog *cat, struct catalog_totals *out)
+{
+  LOCKED (cat, totals_unlocked (cat, out));
 }
 
 /* --- create ----------------------------------------------------------- */
@@ -805,13 +968,22 @@ begin_delete_unlocked (struct catalog *cat, struct delete_job *j)
                  : en->marking ? " (deferred)"
                  : " (deferred, still used by its clients or holds); "
                  "--force revokes them");
+  if (en->named_holds > 0) {
+    char tags[256];
+    return fail (CATALOG_ERR_BUSY, "snapshot %s is held by %u named "
+                 "hold(s) (tag %s): release them first (nbdsnapctl release "
+                 "TAG %s); --defer and --force do not override a named "
+                 "hold", j->name, en->named_holds,
+                 tags_text (cat, en, tags, sizeof tags), j->name);
+  }
 
   /* A client that has just disconnected (nbdcopy ... && nbdsnapctl
    * delete) may not be unregistered yet: give connections that are closing
    * up to CATALOG_BUSY_GRACE_SECONDS before answering busy.  The entry may
    * go or change meanwhile: look it up again after each wake-up. */
   if (j->mode == CATALOG_DELETE_NOW && en->state == CATALOG_STATE_LIVE
-      && en->clients > 0 && en->holds == 0 && en->pins == 0) {
+      && en->clients > 0 && en->holds == 0 && en->pins == 0
+      && en->named_holds == 0) {
     struct timespec deadline;
 
     clock_gettime (CLOCK_REALTIME, &deadline);
@@ -1267,6 +1439,338 @@ catalog_owner_closed (struct catalog *cat, uint64_t owner)
   LOCKED_VOID (cat, owner_closed_unlocked (cat, owner));
 }
 
+
+/* --- named holds ------------------------------------------------------ */
+
+static struct named *
+named_find (struct catalog *cat, const struct entry *en, const char *tag)
+{
+  struct named *h;
+
+  for (h = cat->named; h != NULL; h = h->next)
+    if (h->en == en && strcmp (h->tag, tag) == 0)
+      return h;
+  return NULL;
+}
+
+static void
+named_append (struct catalog *cat, struct named *h)
+{
+  struct named **p;
+
+  for (p = &cat->named; *p != NULL; p = &(*p)->next)
+    ;
+  h->next = NULL;
+  *p = h;
+  cat->nnamed++;
+  h->en->named_holds++;
+}
+
+static void
+named_remove (struct catalog *cat, struct named *h)
+{
+  struct named **p;
+
+  for (p = &cat->named; *p != NULL; p = &(*p)->next)
+    if (*p == h) {
+      *p = h->next;
+      cat->nnamed--;
+      h->en->named_holds--;
+      lost_user (cat, h->en);
+      free (h);
+      return;
+    }
+}
+
+/* The file's text: every named hold but skip (may be NULL); NULL on
+ * ENOMEM (reported). */
+static char *
+named_text_unlocked (struct catalog *cat, const struct named *skip)
+{
+  struct hold_record *recs;
+  struct named *h;
+  size_t n = 0;
+  char *text;
+
+  recs = calloc (cat->nnamed ? cat->nnamed : 1, sizeof *recs);
+  if (recs == NULL) {
+    nbdsnap_error ("calloc: %m");
+    return NULL;
+  }
+  for (h = cat->named; h != NULL; h = h->next) {
+    if (h == skip)
+      continue;
+    strcpy (recs[n].tag, h->tag);
+    strcpy (recs[n].name, h->en->name);
+    recs[n].created = h->created;
+    n++;
+  }
+  text = holds_format (recs, n);
+  free (recs);
+  return text;
+}
+
+static void
+hold_copy (const struct named *h, struct catalog_hold *out)
+{
+  memset (out, 0, sizeof *out);
+  strcpy (out->name, h->en->name);
+  strcpy (out->tag, h->tag);
+  out->created = h->created;
+}
+
+struct named_job {
+  const char *name, *tag;
+  struct named *h;
+  char *text;                   /* the file's next content */
+};
+
+static enum catalog_err
+begin_hold_named_unlocked (struct catalog *cat, struct named_job *j)
+{
+  struct entry *en;
+  enum catalog_err r = find_live_unlocked (cat, "hold", j->name, &en);
+
+  if (r != CATALOG_OK)
+    return r;
+  if (named_find (cat, en, j->tag) != NULL)
+    return fail (CATALOG_ERR_EXISTS, "snapshot %s already has a hold with "
+                 "tag %s", j->name, j->tag);
+  if (cat->nnamed >= CATALOG_NAMED_MAX)
+    return fail (CATALOG_ERR_LIMIT, "there are %d named holds already, the "
+                 "most this server keeps", CATALOG_NAMED_MAX);
+  j->h = calloc (1, sizeof *j->h);
+  if (j->h == NULL) {
+    nbdsnap_error ("calloc: %m");
+    return CATALOG_ERR_SYSTEM;
+  }
+  strcpy (j->h->tag, j->tag);
+  j->h->en = en;
+  j->h->created = time (NULL);
+  named_append (cat, j->h);     /* counts from now: a delete is refused */
+  j->text = named_text_unlocked (cat, NULL);
+  if (j->text == NULL) {
+    named_remove (cat, j->h);
+    return CATALOG_ERR_SYSTEM;
+  }
+  return CATALOG_OK;
+}
+
+/* After the write (r): undo a hold that is not on disk; copy the result. */
+static bool
+end_hold_named_unlocked (struct catalog *cat, struct named_job *j, int r,
+                         struct catalog_hold *out, unsigned *named,
+                         unsigned *holds)
+{
+  struct entry *en = j->h->en;
+
+  if (r == -1) {
+    named_remove (cat, j->h);
+    return false;
+  }
+  if (out)
+    hold_copy (j->h, out);
+  *named = en->named_holds;
+  if (holds)
+    *holds = en->holds;
+  return true;
+}
+
+enum catalog_err
+catalog_hold_named (struct catalog *cat, const char *name, const char *tag,
+                    struct catalog_hold *out, unsigned *named,
+                    unsigned *holds)
+{
+  struct named_job j = { .name = name, .tag = tag };
+  enum catalog_err ret;
+  int r, err;
+
+  if (nbdsnap_name_valid (tag) == -1)
+    return CATALOG_ERR_SYSTEM;          /* EINVAL, reported */
+  pthread_mutex_lock (&cat->holds_lock);
+  ret = LOCKED (cat, begin_hold_named_unlocked (cat, &j));
+  if (ret == CATALOG_OK) {
+    r = nbdsnap_engine_write_state (cat->engine, HOLDS_FILE, j.text);
+    err = errno;
+    LOCKED (cat, end_hold_named_unlocked (cat, &j, r, out, named, holds));
+    if (r == -1) {
+      errno = err;
+      ret = CATALOG_ERR_SYSTEM;
+    }
+    else
+      nbdsnap_debug ("snapshot %s: named hold %s", name, tag);
+  }
+  pthread_mutex_unlock (&cat->holds_lock);
+  free (j.text);
+  return ret;
+}
+
+static enum catalog_err
+begin_release_named_unlocked (struct catalog *cat, struct named_job *j)
+{
+  struct entry *en = find_unlocked (cat, j->name);
+
+  if (en == NULL)
+    return fail (CATALOG_ERR_NOT_FOUND, "snapshot %s does not exist",
+                 j->name);
+  j->h = named_find (cat, en, j->tag);
+  if (j->h == NULL)
+    return fail (CATALOG_ERR_NOT_HELD, "snapshot %s has no hold with tag "
+                 "%s (nbdsnapctl holds %s lists them)", j->name, j->tag,
+                 j->name);
+  /* It still counts until the file no longer has it. */
+  j->text = named_text_unlocked (cat, j->h);
+  return j->text ? CATALOG_OK : CATALOG_ERR_SYSTEM;
+}
+
+static bool
+end_release_named_unlocked (struct catalog *cat, struct named_job *j, int r,
+                            unsigned *named, unsigned *holds)
+{
+  struct entry *en = j->h->en;
+
+  if (r == 0)
+    named_remove (cat, j->h);   /* may make a deferred delete due */
+  *named = en->named_holds;
+  if (holds)
+    *holds = en->holds;
+  return true;
+}
+
+enum catalog_err
+catalog_release_named (struct catalog *cat, const char *name,
+                       const char *tag, unsigned *named, unsigned *holds)
+{
+  struct named_job j = { .name = name, .tag = tag };
+  enum catalog_err ret;
+  int r, err;
+
+  pthread_mutex_lock (&cat->holds_lock);
+  ret = LOCKED (cat, begin_release_named_unlocked (cat, &j));
+  if (ret == CATALOG_OK) {
+    r = nbdsnap_engine_write_state (cat->engine, HOLDS_FILE, j.text);
+    err = errno;
+    LOCKED (cat, end_release_named_unlocked (cat, &j, r, named, holds));
+    if (r == -1) {
+      errno = err;
+      ret = CATALOG_ERR_SYSTEM;
+    }
+    else
+      nbdsnap_debug ("snapshot %s: named hold %s released", name, tag);
+  }
+  pthread_mutex_unlock (&cat->holds_lock);
+  free (j.text);
+  return ret;
+}
+
+static enum catalog_err
+holds_unlocked (struct catalog *cat, const char *name,
+                struct catalog_hold **out, size_t *n)
+{
+  struct entry *en = NULL;
+  struct named *h;
+  struct owned *o;
+  size_t cap = cat->nnamed, i = 0;
+
+  *out = NULL;
+  *n = 0;
+  if (name != NULL && *name != '\0'
+      && (en = find_unlocked (cat, name)) == NULL)
+    return fail (CATALOG_ERR_NOT_FOUND, "snapshot %s does not exist", name);
+  for (o = cat->owned; o != NULL; o = o->next)
+    cap += !o->temporary;
+  *out = calloc (cap ? cap : 1, sizeof **out);
+  if (*out == NULL) {
+    nbdsnap_error ("calloc: %m");
+    return CATALOG_ERR_SYSTEM;
+  }
+  for (h = cat->named; h != NULL; h = h->next)
+    if (en == NULL || h->en == en)
+      hold_copy (h, &(*out)[i++]);
+  for (o = cat->owned; o != NULL; o = o->next)
+    if (!o->temporary && (en == NULL || o->en == en)) {
+      struct catalog_hold *c = &(*out)[i++];
+      strcpy (c->name, o->en->name);
+      c->conn = o->owner;
+      c->created = o->created;
+    }
+  *n = i;
+  return CATALOG_OK;
+}
+
+enum catalog_err
+catalog_holds (struct catalog *cat, const char *name,
+               struct catalog_hold **out, size_t *n)
+{
+  return LOCKED (cat, holds_unlocked (cat, name, out, n));
+}
+
+/* catalog_new: load the holds file (no thread runs yet: no lock). */
+static int
+load_named (struct catalog *cat)
+{
+  struct hold_record *recs = NULL;
+  size_t len, n = 0, i, kept = 0;
+  char why[160], *text, *out;
+  bool rewrite = false;
+  int r;
+
+  text = nbdsnap_engine_read_state (cat->engine, HOLDS_FILE, &len);
+  if (text == NULL) {
+    if (errno == ENOENT)
+      return 0;
+    /* Reported.  Start, holding nothing: the file stays as it is until a
+     * hold or a release rewrites it. */
+    nbdsnap_error ("the named holds file could not be read: starting "
+                   "without named holds");
+    return 0;
+  }
+  r = holds_parse (text, len, &recs, &n, why, sizeof why);
+  if (r == -1) {
+    free (text);
+    return -1;
+  }
+  if (r == 1) {
+    nbdsnap_error ("the named holds file (%s in the state directory) is "
+                   "damaged: %s; kept the %zu hold(s) that still read as "
+                   "holds (check them: nbdsnapctl holds) and saved the "
+                   "file as %s", HOLDS_FILE, why, n, HOLDS_DAMAGED_FILE);
+    nbdsnap_engine_write_state (cat->engine, HOLDS_DAMAGED_FILE, text);
+    rewrite = true;
+  }
+  free (text);
+  for (i = 0; i < n; ++i) {
+    struct entry *en = find_unlocked (cat, recs[i].name);
+    struct named *h;
+
+    if (en == NULL || en->state != CATALOG_STATE_LIVE) {
+      nbdsnap_error ("named hold %s on snapshot %s dropped: the snapshot "
+                     "no longer exists", recs[i].tag, recs[i].name);
+      rewrite = true;
+      continue;
+    }
+    h = calloc (1, sizeof *h);
+    if (h == NULL) {
+      nbdsnap_error ("calloc: %m");
+      free (recs);
+      return -1;
+    }
+    strcpy (h->tag, recs[i].tag);
+    h->en = en;
+    h->created = recs[i].created;
+    named_append (cat, h);
+    kept++;
+  }
+  free (recs);
+  if (kept > 0)
+    nbdsnap_debug ("%zu named hold(s) loaded", kept);
+  if (rewrite && (out = named_text_unlocked (cat, NULL)) != NULL) {
+    nbdsnap_engine_write_state (cat->engine, HOLDS_FILE, out);  /* reported */
+    free (out);
+  }
+  return 0;
+}
+
 /* --- changes ---------------------------------------------------------- */
 
 static enum catalog_err
@@ -1397,10 +1901,13 @@ clients_unlocked (struct catalog *cat, struct catalog_client **out)
     o->started = c->started;
     o->readonly = c->readonly;
     o->revoked = __atomic_load_n (&c->revoked, __ATOMIC_RELAXED);
-    o->bytes_read = __atomic_load_n (&c->bytes_read, __ATOMIC_RELAXED);
-    o->bytes_written = __atomic_load_n (&c->bytes_written, __ATOMIC_RELAXED);
-    o->reads = __atomic_load_n (&c->reads, __ATOMIC_RELAXED);
-    o->writes = __atomic_load_n (&c->writes, __ATOMIC_RELAXED);
+#define LOAD(f) __atomic_load_n (&c->n.f, __ATOMIC_RELAXED)
+    o->bytes_read = LOAD (bytes_read);
+    o->bytes_written = LOAD (bytes_written) + LOAD (zero_bytes)
+      + LOAD (trim_bytes);
+    o->reads = LOAD (reads);
+    o->writes = LOAD (writes) + LOAD (zeros) + LOAD (trims);
+#undef LOAD
   }
   return n;
 }
@@ -1431,6 +1938,7 @@ free_all (struct catalog *cat)
   struct entry *en;
   struct catalog_conn *c;
   struct owned *o;
+  struct named *h;
 
   while ((en = cat->entries) != NULL) {
     cat->entries = en->next;
@@ -1444,10 +1952,15 @@ free_all (struct catalog *cat)
     cat->owned = o->next;
     free (o);
   }
+  while ((h = cat->named) != NULL) {
+    cat->named = h->next;
+    free (h);
+  }
   pthread_cond_destroy (&cat->changed);
   pthread_cond_destroy (&cat->reap);
   pthread_cond_destroy (&cat->idle);
   pthread_mutex_destroy (&cat->lock);
+  pthread_mutex_destroy (&cat->holds_lock);
   free (cat);
 }
 
@@ -1467,6 +1980,7 @@ catalog_new (struct nbdsnap_engine *e, bool readonly)
   cat->readonly = readonly;
   cat->next_conn_id = 1;
   pthread_mutex_init (&cat->lock, NULL);
+  pthread_mutex_init (&cat->holds_lock, NULL);
   pthread_cond_init (&cat->changed, NULL);
   pthread_cond_init (&cat->reap, NULL);
   pthread_cond_init (&cat->idle, NULL);
@@ -1491,6 +2005,8 @@ catalog_new (struct nbdsnap_engine *e, bool readonly)
     }
   }
   free (list);
+  if (load_named (cat) == -1)
+    goto err;
   return cat;
 
  err:

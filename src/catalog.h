@@ -27,12 +27,34 @@
  *   (invalid is the engine's state of a live entry that lost a chunk.)
  *
  * Users.  A snapshot is busy while clients (NBD handles) + holds (admin
- * pins, owned by an admin connection) + pins (a changes or rollback job
- * running on it) > 0.  delete NOW then fails with busy (after a grace of
- * CATALOG_BUSY_GRACE_SECONDS for clients that are closing), DEFER defers,
- * FORCE revokes the clients and drops the holds (it still fails with busy
- * while a job pins the snapshot).  The name of an entry is taken in every
+ * pins, owned by an admin connection) + named holds + pins (a changes or
+ * rollback job running on it) > 0.  delete NOW then fails with busy
+ * (after a grace of CATALOG_BUSY_GRACE_SECONDS for clients that are
+ * closing), DEFER defers, FORCE revokes the clients and drops the holds
+ * (it still fails with busy while a job pins the snapshot).  A named hold
+ * makes every mode fail with busy, like zfs destroy of a held snapshot:
+ * it is released by its tag only.  The name of an entry is taken in every
  * state, until the entry goes.
+ *
+ * Named holds.  A hold with a tag (zfs hold TAG SNAP) belongs to no
+ * connection and survives restarts: the catalog keeps them in memory and
+ * in the state directory's "holds" file (format and damage handling in
+ * src/holds.h), rewritten whole, durably, by every hold and release
+ * before it answers.  The write runs without cat->lock (an fsync may take
+ * long) under cat->holds_lock, which serializes the writers so that the
+ * file always ends with every change made (see the lock discipline in
+ * catalog.c).  While a hold is being written it already counts (a delete
+ * meanwhile is refused), and while a release is being written the hold
+ * still counts: a failed write undoes the change in memory, so memory
+ * and file differ only on the side of holding.  catalog_new loads the
+ * file: a hold on a snapshot that no longer exists is dropped with a
+ * message, a damaged file is reported, its holds salvaged and the file
+ * kept as holds.damaged.
+ *
+ * Counters.  Each NBD handle counts its requests (bytes, requests by
+ * kind, failures by errno) in atomics of its own; when it closes, the
+ * catalog adds them to the server-wide totals under cat->lock, so
+ * catalog_totals (closed totals + open handles) never goes down.
  *
  * Connections.  Each NBD handle has its own gate, an rwlock: every data
  * request holds it shared (catalog_enter, a try-lock that fails with
@@ -83,6 +105,11 @@
 /* Long enough for any description catalog_describe writes. */
 #define CATALOG_DESCRIPTION_MAX 192
 #define CATALOG_PEER_MAX 128
+/* Named holds the catalog keeps, all snapshots together (the file stays
+ * a few MiB at most). */
+#define CATALOG_NAMED_MAX 65536
+/* Failed requests are counted per errno below this; others together. */
+#define CATALOG_ERRNO_SLOTS 136
 
 struct catalog;
 struct catalog_conn;
@@ -126,6 +153,7 @@ struct catalog_snap {
                                        moving: as of the delete's start */
   enum catalog_state state;
   unsigned clients, holds;
+  unsigned named_holds;
   bool deferred;                    /* deleting, waiting for its users */
   bool moving;                      /* deleting, the engine delete runs */
   uint64_t progress_done, progress_total;   /* moving */
@@ -141,7 +169,38 @@ struct catalog_client {
   struct timespec started;              /* CLOCK_REALTIME */
   bool readonly;
   bool revoked;
-  uint64_t bytes_read, bytes_written, reads, writes;
+  uint64_t bytes_read, bytes_written, reads, writes;  /* bytes_written and
+                                           writes include zeros and trims */
+};
+
+/* What a data request was, for the counters. */
+enum catalog_req {
+  CATALOG_REQ_READ,
+  CATALOG_REQ_WRITE,
+  CATALOG_REQ_ZERO,
+  CATALOG_REQ_TRIM,
+  CATALOG_REQ_FLUSH,
+  CATALOG_REQ_OTHER,            /* cache, extents: failures only */
+};
+
+/* Server-wide counters since catalog_new (catalog_totals). */
+struct catalog_totals {
+  uint64_t origin_bytes_read, origin_bytes_written;   /* payload */
+  uint64_t origin_zero_bytes, origin_trim_bytes;
+  uint64_t origin_reads, origin_writes, origin_zeros, origin_trims;
+  uint64_t origin_flushes;
+  uint64_t snap_bytes_read, snap_reads;               /* every snapshot */
+  uint64_t failed;                                    /* data requests */
+  uint64_t errors[CATALOG_ERRNO_SLOTS];               /* by errno; [0]:
+                                                         any other */
+};
+
+/* A copy of one hold (catalog_holds). */
+struct catalog_hold {
+  char name[NBDSNAP_NAME_MAX + 1];
+  char tag[NBDSNAP_NAME_MAX + 1];   /* "" for a connection hold */
+  uint64_t conn;                    /* a connection hold's owner, else 0 */
+  time_t created;                   /* UTC seconds */
 };
 
 /* One entry per snapshot the engine has.  readonly: the origin cannot
@@ -190,6 +249,13 @@ extern const char *catalog_conn_description (struct catalog_conn *c);
 /* Count one successful request of count bytes (atomics). */
 extern void catalog_conn_count (struct catalog_conn *c, bool write,
                                 uint32_t count);
+/* After every data request (atomics, no lock): r 0 counts a request of
+ * kind and its count bytes, r -1 a failure with errno (which it keeps).
+ * Returns r.  (catalog_enter counts its own refusals.) */
+extern int catalog_conn_done (struct catalog_conn *c, enum catalog_req kind,
+                              uint32_t count, int r);
+/* The totals: handles closed since catalog_new plus the open ones. */
+extern void catalog_totals (struct catalog *cat, struct catalog_totals *out);
 
 /* "snapshot NAME, taken DATE, STATE, N chunks copied" */
 extern void catalog_describe (const struct catalog_snap *s, char *buf,
@@ -257,6 +323,31 @@ extern enum catalog_err catalog_hold (struct catalog *cat, uint64_t owner,
                                       const char *name, unsigned *holds);
 extern enum catalog_err catalog_release (struct catalog *cat, uint64_t owner,
                                          const char *name, unsigned *holds);
+
+/* Named holds (see the notes).  hold: NOT_FOUND (not live), EXISTS (the
+ * snapshot has a hold with this tag), LIMIT (CATALOG_NAMED_MAX), SYSTEM
+ * (EINVAL: a bad tag; the file could not be written: nothing changed).
+ * out (may be NULL): the new hold.  release: NOT_FOUND (no such
+ * snapshot), NOT_HELD (no hold with this tag on it), SYSTEM (the file
+ * could not be written: the hold stays).  *named: the snapshot's named
+ * holds afterwards; *holds (may be NULL): its connection holds.  Both
+ * return once the file says so durably. */
+extern enum catalog_err catalog_hold_named (struct catalog *cat,
+                                            const char *name,
+                                            const char *tag,
+                                            struct catalog_hold *out,
+                                            unsigned *named,
+                                            unsigned *holds);
+extern enum catalog_err catalog_release_named (struct catalog *cat,
+                                               const char *name,
+                                               const char *tag,
+                                               unsigned *named,
+                                               unsigned *holds);
+/* Every hold, named ones first (oldest first), then connection holds, of
+ * snapshot name only unless it is NULL or "" (NOT_FOUND if there is no
+ * such snapshot).  *out malloc'd (caller frees), *n its count. */
+extern enum catalog_err catalog_holds (struct catalog *cat, const char *name,
+                                       struct catalog_hold **out, size_t *n);
 
 /* The admin connection owner closed: its holds go, its temporary
  * snapshots become deferred deletes (done by the reaper). */

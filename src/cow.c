@@ -116,10 +116,12 @@ sync_bitmap (void *opaque)
  * necessary must fail, or the snapshot would be live again after a
  * restart and read the new bytes. */
 static int
-invalidate (struct nbdsnap_snap *s, const char *why, int err)
+invalidate (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+            const char *why, int err)
 {
   if (snap_state (s) == NBDSNAP_STATE_INVALID)
     return snap_state_durable (s) ? 0 : (errno = EIO, -1);
+  __atomic_fetch_add (&e->counters.invalidations, 1, __ATOMIC_RELAXED);
   errno = err;
   nbdsnap_error ("snapshot %s is now invalid: %s: %m", s->name, why);
   if (snap_set_state (s, NBDSNAP_STATE_INVALID) == -1) {
@@ -200,15 +202,15 @@ copy_chunk (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c,
   if (x->max_store != 0
       && (__atomic_load_n (&x->chunks_copied, __ATOMIC_RELAXED) + 1)
          * (uint64_t) e->chunk_size > x->max_store) {
-    return invalidate (x, "max-store reached", ENOSPC) == 0 ? -1 : -2;
+    return invalidate (e, x, "max-store reached", ENOSPC) == 0 ? -1 : -2;
   }
   err = __atomic_load_n (&e->inject_errno, __ATOMIC_RELAXED);
   if (err != 0)
-    return invalidate (x, "store write (injected)", err) == 0 ? -1 : -2;
+    return invalidate (e, x, "store write (injected)", err) == 0 ? -1 : -2;
   if (!__atomic_load_n (&e->copy_by_hand, __ATOMIC_RELAXED)) {
     r = copy_kernel (e, x, off, len);
     if (r == -1 && (errno == ENOSPC || errno == EDQUOT || errno == EFBIG))
-      return invalidate (x, "store write", errno) == 0 ? -1 : -2;
+      return invalidate (e, x, "store write", errno) == 0 ? -1 : -2;
     if (r == 1 && !__atomic_exchange_n (&e->copy_by_hand, true,
                                         __ATOMIC_RELAXED))
       nbdsnap_debug ("copy-on-write: copy_file_range from %s to the "
@@ -231,18 +233,20 @@ copy_chunk (struct nbdsnap_engine *e, struct nbdsnap_snap *x, uint64_t c,
     if (all_zero (*buf, len))
       goto mark;
     if (io_pwrite_full (x->store_fd, *buf, len, off) == -1)
-      return invalidate (x, "store write", errno) == 0 ? -1 : -2;
+      return invalidate (e, x, "store write", errno) == 0 ? -1 : -2;
   }
   __atomic_add_fetch (&x->dirty, 1, __ATOMIC_RELEASE);
   if (e->durability == NBDSNAP_DURABILITY_POWER
       && gcommit_sync (&x->store_gc, sync_store, x) == -1) {
-    return invalidate (x, "store fdatasync", errno) == 0 ? -1 : -2;
+    return invalidate (e, x, "store fdatasync", errno) == 0 ? -1 : -2;
   }
  mark:
   if (mark_copied (e, x, c) == -1)
-    return invalidate (x, "bitmap write", errno) == 0 ? -1 : -2;
+    return invalidate (e, x, "bitmap write", errno) == 0 ? -1 : -2;
   __atomic_fetch_add (&x->chunks_copied, 1, __ATOMIC_RELAXED);
   __atomic_fetch_add (&x->cow_count, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add (&e->counters.cow_chunks, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add (&e->counters.cow_bytes, len, __ATOMIC_RELAXED);
   return 0;
 }
 
@@ -280,7 +284,7 @@ cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
     if (snap_state (x) == NBDSNAP_STATE_INVALID) {
       /* It takes no more copies; but if its invalid mark is not on disk
        * yet, changing c would make it lie after a restart. */
-      if (invalidate (x, "", 0) == -1) {
+      if (invalidate (e, x, "", 0) == -1) {
         r = -1;
         break;
       }
@@ -289,7 +293,7 @@ cow_chunk (struct nbdsnap_engine *e, uint64_t c, char **buf, bool *copied)
     if (!bitmap_test (&x->bm.candidate, c)) {
       if (mark_copied (e, x, c) == 0)
         break;
-      if (invalidate (x, "bitmap write", errno) == -1) {
+      if (invalidate (e, x, "bitmap write", errno) == -1) {
         r = -1;
         break;
       }
@@ -454,18 +458,19 @@ cow_depends (struct nbdsnap_snap *s, struct nbdsnap_snap *x)
  * chain_lock held shared.  -1 (EIO) if a mark could not be made
  * durable. */
 static int
-invalidate_unsynced (struct nbdsnap_snap *s, int err)
+invalidate_unsynced (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
+                     int err)
 {
   struct nbdsnap_snap *t;
   char why[NBDSNAP_NAME_MAX + 64];
   int r;
 
-  r = invalidate (s, "sync", err);
+  r = invalidate (e, s, "sync", err);
   snprintf (why, sizeof why, "it reads through %s, which could not be "
             "synced", s->name);
   for (t = s->older; t != NULL; t = t->older)
     if (snap_state (t) != NBDSNAP_STATE_INVALID && cow_depends (t, s)
-        && invalidate (t, why, err) == -1)
+        && invalidate (e, t, why, err) == -1)
       r = -1;
   return r;
 }
@@ -486,7 +491,7 @@ cow_sync_snap (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
       || gcommit_sync (&s->bitmap_gc, sync_bitmap, s) == -1) {
     int err = errno;
     nbdsnap_error ("flush snapshot %s: %m", s->name);
-    if (invalidate_unsynced (s, err) == -1) {
+    if (invalidate_unsynced (e, s, err) == -1) {
       errno = EIO;
       return -1;
     }

@@ -78,6 +78,12 @@ struct nbdsnap_engine {
    * from then on. */
   bool copy_by_hand;
 
+  /* Counters for stats (nbdsnap_engine_counters), atomics: cow.c counts
+   * copies and invalidations, every snapshot's two group commits
+   * (gcommit.c, through the pointers engine.c sets on them) syncs and
+   * followers. */
+  struct nbdsnap_engine_counters counters;
+
   int inject_errno;             /* atomic; test hook */
   /* Test hooks (nbdsnap_engine_test_*_hook); set while no delete or
    * create runs. */

@@ -95,6 +95,7 @@
 #include <unistd.h>
 
 #include "nbdsnap/err.h"
+#include "nbdsnap/io.h"
 #include "engine-internal.h"
 
 bool
@@ -137,6 +138,78 @@ uint64_t
 nbdsnap_engine_size (const struct nbdsnap_engine *e)
 {
   return e->size;
+}
+
+void
+nbdsnap_engine_counters (struct nbdsnap_engine *e,
+                         struct nbdsnap_engine_counters *out)
+{
+  const struct nbdsnap_engine_counters *c = &e->counters;
+
+  out->cow_chunks = __atomic_load_n (&c->cow_chunks, __ATOMIC_RELAXED);
+  out->cow_bytes = __atomic_load_n (&c->cow_bytes, __ATOMIC_RELAXED);
+  out->syncs = __atomic_load_n (&c->syncs, __ATOMIC_RELAXED);
+  out->sync_shared = __atomic_load_n (&c->sync_shared, __ATOMIC_RELAXED);
+  out->invalidations = __atomic_load_n (&c->invalidations,
+                                        __ATOMIC_RELAXED);
+}
+
+/* A new snapshot's group commits count into the engine's counters. */
+static void
+count_syncs (struct nbdsnap_engine *e, struct nbdsnap_snap *s)
+{
+  s->store_gc.count_syncs = s->bitmap_gc.count_syncs = &e->counters.syncs;
+  s->store_gc.count_shared = s->bitmap_gc.count_shared
+    = &e->counters.sync_shared;
+}
+
+char *
+nbdsnap_engine_read_state (struct nbdsnap_engine *e, const char *name,
+                           size_t *len)
+{
+  struct stat st;
+  char *buf;
+  int fd;
+
+  fd = openat (e->sd.dirfd, name, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) {
+    if (errno != ENOENT)
+      nbdsnap_error ("%s/%s: %m", e->sd.path, name);
+    return NULL;
+  }
+  if (fstat (fd, &st) == -1) {
+    nbdsnap_error ("fstat %s/%s: %m", e->sd.path, name);
+    goto err;
+  }
+  buf = malloc (st.st_size + 1);
+  if (buf == NULL) {
+    nbdsnap_error ("malloc: %m");
+    goto err;
+  }
+  if (io_pread_full (fd, buf, st.st_size, 0) == -1) {
+    nbdsnap_error ("read %s/%s: %m", e->sd.path, name);
+    free (buf);
+    goto err;
+  }
+  close (fd);
+  buf[st.st_size] = '\0';
+  *len = st.st_size;
+  return buf;
+
+ err:
+  {
+    int err = errno;
+    close (fd);
+    errno = err;
+  }
+  return NULL;
+}
+
+int
+nbdsnap_engine_write_state (struct nbdsnap_engine *e, const char *name,
+                            const char *content)
+{
+  return statedir_write_file (&e->sd, name, content);
 }
 
 void
@@ -451,6 +524,7 @@ nbdsnap_snap_create (struct nbdsnap_engine *e, const char *name,
   s = snap_new ();
   if (s == NULL)
     goto out;
+  count_syncs (e, s);
   s->id = e->next_id++;
   strcpy (s->name, name);
   s->temporary = temporary;
@@ -873,6 +947,7 @@ load_snap (struct nbdsnap_engine *e, uint64_t id, struct nbdsnap_snap **out)
   s = snap_new ();
   if (s == NULL)
     return -1;
+  count_syncs (e, s);
   s->id = id;
   s->state = NBDSNAP_STATE_LIVE;
   if (!have_meta)

@@ -18,6 +18,7 @@ gcommit_init (struct gcommit *g)
   g->last_failed_errno = 0;
   g->running = false;
   g->syncs = g->sync_ns = 0;
+  g->count_syncs = g->count_shared = NULL;
 }
 
 void
@@ -40,6 +41,7 @@ int
 gcommit_sync (struct gcommit *g, gcommit_fn fn, void *opaque)
 {
   uint64_t target, seq, t0, t1;
+  bool led = false;
   int r, err = 0;
 
   pthread_mutex_lock (&g->lock);
@@ -52,6 +54,7 @@ gcommit_sync (struct gcommit *g, gcommit_fn fn, void *opaque)
     }
     g->running = true;
     seq = ++g->started;
+    led = true;
     pthread_mutex_unlock (&g->lock);
 
     t0 = now_ns ();
@@ -64,6 +67,8 @@ gcommit_sync (struct gcommit *g, gcommit_fn fn, void *opaque)
     g->done = seq;
     g->syncs++;
     g->sync_ns += t1 - t0;
+    if (g->count_syncs)
+      __atomic_fetch_add (g->count_syncs, 1, __ATOMIC_RELAXED);
     g->result[seq % GCOMMIT_HISTORY] = r == -1 ? (err ? err : EIO) : 0;
     if (r == -1) {
       g->last_failed = seq;
@@ -83,6 +88,8 @@ gcommit_sync (struct gcommit *g, gcommit_fn fn, void *opaque)
   if (err != 0)
     r = -1;
   pthread_mutex_unlock (&g->lock);
+  if (!led && g->count_shared)
+    __atomic_fetch_add (g->count_shared, 1, __ATOMIC_RELAXED);
   if (r == -1)
     errno = err;
   return r;

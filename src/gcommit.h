@@ -42,6 +42,11 @@ struct gcommit {
   bool running;
   uint64_t syncs;               /* statistics: syncs run */
   uint64_t sync_ns;             /* statistics: time spent in them */
+  /* Counters of the owner, outside the lock (atomics; NULL: none): one
+   * more for every sync run, and for every caller whose sync another
+   * caller ran (a follower).  Set once before the first gcommit_sync. */
+  uint64_t *count_syncs;
+  uint64_t *count_shared;
 };
 
 extern void gcommit_init (struct gcommit *g);

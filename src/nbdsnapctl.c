@@ -51,7 +51,10 @@ usage (FILE *fp)
 "  info NAME                         show one snapshot\n"
 "  clients                           list NBD client connections\n"
 "  hold NAME [-- CMD...]             pin a snapshot while this runs\n"
-"  release NAME                      drop a hold of this connection\n"
+"  hold TAG NAME                     pin a snapshot until released (kept\n"
+"                                    across restarts)\n"
+"  release TAG NAME                  drop the named hold TAG\n"
+"  holds [NAME]                      list holds: tag, snapshot, when\n"
 "  changes A [B]                     extents that differ between snapshot A\n"
 "                                    and B (default: the origin now)\n"
 "  backup SNAP DEST [--since OLD] [--connections N] [--verify]\n"
@@ -404,6 +407,8 @@ run_command (struct ctl *c, int argc, char **argv)
 
   if (strcmp (cmd, "shell") == 0)
     return shell (c, argc);
+  if (ctl_holds_wants (argc, argv))
+    return ctl_holds (c, argc, argv);
   if (k == PROTO_CMD_CHANGES)
     return ctl_changes (c, argc, argv);
   if (strcmp (cmd, "backup") == 0)

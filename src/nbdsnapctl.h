@@ -16,6 +16,7 @@
  *                   one, as a stream on standard output
  *   ctl-receive.c   receive: a stream from standard input, applied to
  *                   the origin, and the snapshot it ends at
+ *   ctl-holds.c     named holds: hold TAG NAME, release TAG NAME, holds
  *
  * Convention: functions that can fail print one line on stderr
  * ("nbdsnapctl: ...") and return an exit status (NBDSNAPCTL_EXIT_*, see
@@ -143,5 +144,10 @@ extern int ctl_backup (struct ctl *c, int argc, char **argv);
 extern int ctl_send (struct ctl *c, int argc, char **argv);
 /* ctl-receive.c: argv[0] is "receive". */
 extern int ctl_receive (struct ctl *c, int argc, char **argv);
+
+/* ctl-holds.c: named holds.  Does argv ("hold", "release", "holds"...)
+ * go to ctl_holds: holds, release, and hold with two words (TAG NAME)? */
+extern bool ctl_holds_wants (int argc, char **argv);
+extern int ctl_holds (struct ctl *c, int argc, char **argv);
 
 #endif /* NBDSNAPCTL_H */

@@ -67,6 +67,7 @@ static const struct {
   [PROTO_CMD_STATS]    = { "stats",    false, 0 },
   [PROTO_CMD_ROLLBACK] = { "rollback", true,  FLAG_FORCE | FLAG_DESTROY_NEWER
                                               | FLAG_NOWAIT | FLAG_PROGRESS },
+  [PROTO_CMD_HOLDS]    = { "holds",    false, 0 },     /* [NAME] */
 };
 
 static const struct {
@@ -393,6 +394,44 @@ parse_changes (struct proto_request *req, struct proto_parse_error *perr,
   return 0;
 }
 
+/* Copy a name word into dst (NBDSNAP_NAME_MAX + 1 bytes) and check it
+ * against the snapshot name rule; what says what it is ("snapshot name",
+ * "tag"). */
+static int
+name_word (struct proto_parse_error *perr, const char *what,
+           const char *w, size_t len, char *dst)
+{
+  if (len > NBDSNAP_NAME_MAX)
+    return parse_fail (perr, PROTO_ERR_INVALID_NAME,
+                       "invalid %s '%.*s...': longer than %d characters",
+                       what, quote_len (w, len), w, NBDSNAP_NAME_MAX);
+  memcpy (dst, w, len);
+  dst[len] = '\0';
+  if (!nbdsnap_name_ok (dst))
+    return parse_fail (perr, PROTO_ERR_INVALID_NAME,
+                       "invalid %s '%s': " NBDSNAP_NAME_RULE, what, dst);
+  return 0;
+}
+
+/* hold|release NAME [tag=TAG]: words from the third on. */
+static int
+parse_tag (struct proto_request *req, struct proto_parse_error *perr,
+           const char *cmd, const char *word[], const size_t wlen[],
+           size_t nwords)
+{
+  if (nwords > 3)
+    return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                       "%s: too many arguments (it takes NAME [tag=TAG])",
+                       cmd);
+  if (nwords < 3)
+    return 0;
+  if (wlen[2] < 4 || memcmp (word[2], "tag=", 4) != 0)
+    return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                       "%s: unexpected '%.*s' (it takes NAME [tag=TAG])",
+                       cmd, quote_len (word[2], wlen[2]), word[2]);
+  return name_word (perr, "tag", word[2] + 4, wlen[2] - 4, req->tag);
+}
+
 int
 proto_parse (const char *line, size_t len, struct proto_request *req,
              struct proto_parse_error *perr)
@@ -457,6 +496,14 @@ proto_parse (const char *line, size_t len, struct proto_request *req,
   req->cmd = cmd;
   allowed = commands[cmd].flags;
 
+  if (cmd == PROTO_CMD_HOLDS) {         /* an optional name */
+    if (nwords > 2)
+      return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
+                         "holds: too many arguments (it takes [NAME])");
+    if (nwords == 2)
+      return name_word (perr, "snapshot name", word[1], wlen[1], req->name);
+    return 0;
+  }
   if (!commands[cmd].takes_name) {
     if (nwords > 1)
       return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
@@ -467,7 +514,8 @@ proto_parse (const char *line, size_t len, struct proto_request *req,
   if (nwords < 2)
     return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
                        "%s: missing snapshot name", commands[cmd].name);
-  if (allowed == 0 && nwords > 2 && cmd != PROTO_CMD_CHANGES)
+  if (allowed == 0 && nwords > 2 && cmd != PROTO_CMD_CHANGES
+      && cmd != PROTO_CMD_HOLD && cmd != PROTO_CMD_RELEASE)
     return parse_fail (perr, PROTO_ERR_BAD_REQUEST,
                        "%s: too many arguments (it takes only a snapshot "
                        "name)", commands[cmd].name);
@@ -488,6 +536,8 @@ proto_parse (const char *line, size_t len, struct proto_request *req,
 
   if (cmd == PROTO_CMD_CHANGES)
     return parse_changes (req, perr, word, wlen, nwords);
+  if (cmd == PROTO_CMD_HOLD || cmd == PROTO_CMD_RELEASE)
+    return parse_tag (req, perr, commands[cmd].name, word, wlen, nwords);
 
   /* Flags, in any order, each once.  More words than the command has
    * flags always include an unknown or a repeated one (see WORDS_MAX). */

@@ -114,7 +114,7 @@ s = connect()
 s.sendall(b"hello\nlist")
 s.shutdown(socket.SHUT_WR)
 h, l = read_lines(s, 2)
-assert h["ok"] and h["protocol"] == 3 and h["server"] == "nbdsnap", h
+assert h["ok"] and h["protocol"] == 4 and h["server"] == "nbdsnap", h
 assert l["ok"] and [x["name"] for x in l["snapshots"]] == ["s1"], l
 expect_eof(s)
 PY

@@ -23,8 +23,9 @@
  *                 list
  *                 info NAME
  *                 clients
- *                 hold NAME
- *                 release NAME
+ *                 hold NAME [tag=TAG]
+ *                 release NAME [tag=TAG]
+ *                 holds [NAME]
  *                 changes NAME [NAME2] [offset=N] [limit=N]
  *                 stats
  *
@@ -33,6 +34,10 @@
  *               "force", is refused with "bad-request".  changes takes a
  *               second snapshot name (right after the first) and two
  *               value words, "offset=N" and "limit=N" (decimal, no sign).
+ *               hold and release take one value word "tag=TAG" (TAG
+ *               follows the snapshot name rule; a bad one is refused
+ *               with "invalid-name"): a named hold, persistent (below);
+ *               without it, a hold of the connection.
  *
  *   Responses   Exactly one final line per request, in request order
  *               (requests may be pipelined), each one compact JSON object:
@@ -97,8 +102,25 @@
  *   info     "snapshot": SNAP
  *   clients  "clients": [{"id", "export", "peer", "started", "bytes_read",
  *            "bytes_written", "revoked"}, ...]
- *   hold     "name", "holds": pins on it after the request (all connections)
- *   release  "name", "holds"
+ *   hold     "name", "holds": connection holds on it after the request
+ *            (all connections), "named_holds": its named holds; with a
+ *            tag also "tag", "created" (RFC 3339 UTC).  A named hold is
+ *            recorded durably in the state directory (file "holds")
+ *            before the answer and survives restarts; the snapshot must
+ *            be live (else "not-found"); the same tag twice on one
+ *            snapshot is "exists".  A job (off the admin loop: the
+ *            record is synced to disk).  A snapshot with a named hold
+ *            is "busy" for delete in every mode (defer and force too),
+ *            and rollback destroy-newer keeps it ("kept").
+ *   release  "name", "holds", "named_holds"; with a tag: the named hold
+ *            goes, durably ("not-held" if the snapshot has no hold with
+ *            that tag; a job too).  Without a tag: one of this
+ *            connection's holds.
+ *   holds    "holds": [{"name", "tag", "created", "persistent": true},
+ *            ... named holds, then connection holds as {"name", "tag":
+ *            null, "conn": admin connection id, "created",
+ *            "persistent": false}], of NAME only if given ("not-found"
+ *            if it does not exist), in snapshot order
  *   changes  one page of the extents that differ between NAME's instant
  *            and NAME2's (without NAME2: the origin now): the union of
  *            the copied bits of NAME and of every snapshot newer than it
@@ -120,7 +142,25 @@
  *            Both snapshots are pinned only while a page is computed:
  *            a client that pages through a long list holds them
  *            (hold) on its connection.
- *   stats    server-wide counters (free-form numbers), plus "admin":
+ *   stats    server-wide gauges and counters: "snapshots", "clients"
+ *            (now), "chunks_copied", "cow_count", "store_bytes",
+ *            "sync_ns" (over the live snapshots), "bytes_read",
+ *            "bytes_written" (since start, every client, connected or
+ *            gone: totals' origin + snapshots), "chunk_size"; "totals":
+ *            counters since start that never go down:
+ *              {"origin": {"bytes_read", "bytes_written" (write
+ *               requests' payload), "zero_bytes", "trim_bytes", "reads",
+ *               "writes", "zeros", "trims", "flushes"},
+ *               "snapshots": {"bytes_read", "reads"} (every snapshot
+ *               export),
+ *               "cow_chunks", "cow_bytes" (copies made before origin
+ *               writes), "syncs" (store and bitmap syncs run),
+ *               "sync_shared" (group-commit followers: callers whose
+ *               sync another one ran), "invalidations" (snapshots that
+ *               turned invalid), "requests_failed", "errors": {"EIO": N,
+ *               ...} (data requests that failed, by errno name; only
+ *               those seen)}
+ *            plus "admin":
  *            {"connections", "connection_limit", "accepted", "refused",
  *            "requests", "errors", "closed_slow", "accept_errors",
  *            "accept_paused", "jobs_running", "jobs_done"} added by the
@@ -129,7 +169,7 @@
  *
  *   SNAP     {"name", "id", "created" (RFC 3339 UTC), "state" ("creating",
  *            "live", "deleting", "invalid"), "temporary", "clients",
- *            "holds", "chunks_candidate", "chunks_copied", "store_bytes",
+ *            "holds", "named_holds", "chunks_candidate", "chunks_copied", "store_bytes",
  *            "max_store", ...}; readers must ignore fields they don't know.
  *            A deleting snapshot has "deferred" (true while it waits for
  *            its clients and holds to go) and, while its chunks move,
@@ -138,9 +178,11 @@
  *            list shows every snapshot, deleting ones included (their
  *            names stay taken until they are gone).
  *
- * Ownership: holds and temporary snapshots belong to the admin connection
- * that made them; when it closes, for any reason, its holds are released
- * and its temporary snapshots deleted (deferred if clients still read them).
+ * Ownership: connection holds (no tag) and temporary snapshots belong to
+ * the admin connection that made them; when it closes, for any reason,
+ * its holds are released and its temporary snapshots deleted (deferred if
+ * clients still read them).  Named holds (a tag) belong to nobody: they
+ * stay, across restarts, until a release with their tag.
  */
 #ifndef NBDSNAP_ADMIN_H
 #define NBDSNAP_ADMIN_H
@@ -153,7 +195,7 @@
 
 #include "nbdsnap/engine.h"
 
-#define NBDSNAP_ADMIN_PROTOCOL 3
+#define NBDSNAP_ADMIN_PROTOCOL 4
 /* Longest request line, including its "\n". */
 #define NBDSNAP_ADMIN_LINE_MAX 4096
 /* Longest response line; a bigger one is replaced by a "too-large" error. */
@@ -175,6 +217,7 @@ enum proto_cmd {
   PROTO_CMD_CHANGES,
   PROTO_CMD_STATS,
   PROTO_CMD_ROLLBACK,
+  PROTO_CMD_HOLDS,
   PROTO_CMD__COUNT
 };
 
@@ -227,7 +270,10 @@ enum proto_err {
 /* One parsed request. */
 struct proto_request {
   enum proto_cmd cmd;
-  char name[NBDSNAP_NAME_MAX + 1];  /* "" for commands without a name */
+  char name[NBDSNAP_NAME_MAX + 1];  /* "" for commands without a name
+                                       (and holds without one) */
+  char tag[NBDSNAP_NAME_MAX + 1];   /* hold, release: tag=TAG, "" for a
+                                       connection hold */
   bool temporary;                   /* create */
   enum proto_delete_mode mode;      /* delete */
   bool force;                       /* rollback */

@@ -13,6 +13,10 @@
  * Lock order for the whole program (outermost first; see each lock's
  * comment where it is defined):
  *
+ *   catalog: cat->holds_lock (src/catalog.c, mutex: serializes named
+ *            hold changes with their writes of the holds file; held
+ *            across that write and its fsync, without cat->lock; takes
+ *            cat->lock briefly inside)
  *   catalog: cat->lock (src/catalog.c, mutex: entries, NBD connections,
  *            admin ownership, the running rollback; bookkeeping only:
  *            never held across an engine create, delete, rollback,
@@ -277,6 +281,38 @@ extern int nbdsnap_snap_changes (struct nbdsnap_engine *e,
                                  struct nbdsnap_snap *b,
                                  uint64_t *offset, uint64_t max,
                                  nbdsnap_extent_fn fn, void *opaque);
+
+/* Small files of the state directory that belong to the engine's callers
+ * (the catalog's named holds, src/holds.h), by name (no "/").
+ * nbdsnap_engine_read_state: the whole content, malloc'd and NUL-ended
+ * (*len without the NUL), or NULL with errno (ENOENT, not reported: no
+ * such file; others reported).  nbdsnap_engine_write_state: replace it
+ * atomically and durably (name.tmp, fsync, rename, fsync of the
+ * directory); 0, or -1 with errno, reported.  Neither takes an engine
+ * lock; they may block for as long as the disk takes (fsync). */
+extern char *nbdsnap_engine_read_state (struct nbdsnap_engine *e,
+                                        const char *name, size_t *len);
+extern int nbdsnap_engine_write_state (struct nbdsnap_engine *e,
+                                       const char *name,
+                                       const char *content);
+
+/* Counters since open that never go down (atomics, any thread), for
+ * stats: nbdsnap_engine_counters. */
+struct nbdsnap_engine_counters {
+  uint64_t cow_chunks;              /* copies into a store before an
+                                       origin write (all-zero chunks
+                                       included: a hole, no data) */
+  uint64_t cow_bytes;               /* their bytes */
+  uint64_t syncs;                   /* store and bitmap syncs run (group
+                                       commit leaders) */
+  uint64_t sync_shared;             /* callers covered by a sync another
+                                       caller ran (group commit followers) */
+  uint64_t invalidations;           /* snapshots that turned invalid while
+                                       open (not those found invalid at
+                                       open) */
+};
+extern void nbdsnap_engine_counters (struct nbdsnap_engine *e,
+                                     struct nbdsnap_engine_counters *out);
 
 /* Test hook: a delete's move runs fn (opaque) after each batch of batch
  * chunks (0: the default batch), with no lock held, on the deleting

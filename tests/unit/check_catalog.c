@@ -696,6 +696,234 @@ fixture_unused (void)
   (void) snapfile;
 }
 
+/* Reopen the engine and a new catalog over it (a restart). */
+static void
+crestart (void)
+{
+  catalog_free (cat);
+  cat = NULL;
+  ereopen ();
+  cat = catalog_new (e, false);
+  ck_assert_ptr_nonnull (cat);
+  ck_assert_int_eq (catalog_start (cat), 0);
+}
+
+static void
+named_hold (const char *name, const char *tag)
+{
+  unsigned named;
+  ck_assert_msg (catalog_hold_named (cat, name, tag, NULL, &named, NULL)
+                 == CATALOG_OK, "hold %s %s: %s", name, tag,
+                 nbdsnap_last_error ());
+}
+
+/* Holds of name (all if NULL), as "tag:name " words ("-:name" for a
+ * connection hold) into buf. */
+static const char *
+holds_text (const char *name, char *buf, size_t len)
+{
+  struct catalog_hold *h;
+  size_t n, i, off = 0;
+
+  ck_assert_int_eq (catalog_holds (cat, name, &h, &n), CATALOG_OK);
+  buf[0] = '\0';
+  for (i = 0; i < n; ++i)
+    off += snprintf (buf + off, len - off, "%s:%s ", h[i].tag[0] ? h[i].tag : "-",
+                   h[i].name);
+  free (h);
+  return buf;
+}
+
+START_TEST (test_named_busy)
+{
+  struct catalog_snap s;
+  struct catalog_hold *hl;
+  unsigned named, holds;
+  size_t nh;
+  char buf[256];
+
+  cstart ();
+  ccreate ("s1");
+  ccreate ("s2");
+  named_hold ("s1", "backup");
+  quiet_errors = 1;
+  /* Busy in every mode, with a message that names the tag. */
+  ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_NOW, NULL),
+                    CATALOG_ERR_BUSY);
+  assert_said ("tag backup");
+  ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_DEFER, NULL),
+                    CATALOG_ERR_BUSY);
+  ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_FORCE, NULL),
+                    CATALOG_ERR_BUSY);
+  ck_assert_int_eq (errno, EBUSY);
+  ck_assert (find_snap ("s1", &s, NULL));
+  ck_assert_int_eq (s.state, CATALOG_STATE_LIVE);
+  ck_assert_int_eq (s.named_holds, 1);
+  /* The same tag twice; another tag; a missing or creating snapshot; a
+   * bad tag. */
+  ck_assert_int_eq (catalog_hold_named (cat, "s1", "backup", NULL, &named,
+                                        NULL), CATALOG_ERR_EXISTS);
+  ck_assert_int_eq (errno, EEXIST);
+  named_hold ("s1", "keep");
+  named_hold ("s2", "backup");
+  ck_assert_int_eq (catalog_hold_named (cat, "nope", "t", NULL, &named,
+                                        NULL), CATALOG_ERR_NOT_FOUND);
+  ck_assert_int_eq (catalog_hold_named (cat, "s1", "a b", NULL, &named,
+                                        NULL), CATALOG_ERR_SYSTEM);
+  ck_assert_int_eq (errno, EINVAL);
+  /* A connection hold lists too. */
+  ck_assert_int_eq (catalog_hold (cat, 9, "s2", &holds), CATALOG_OK);
+  ck_assert_str_eq (holds_text (NULL, buf, sizeof buf),
+                    "backup:s1 keep:s1 backup:s2 -:s2 ");
+  ck_assert_str_eq (holds_text ("s2", buf, sizeof buf), "backup:s2 -:s2 ");
+  ck_assert_int_eq (catalog_holds (cat, "nope", &hl, &nh),
+                    CATALOG_ERR_NOT_FOUND);
+  /* Release: unknown tag, unknown snapshot, then for real. */
+  ck_assert_int_eq (catalog_release_named (cat, "s1", "nope", &named, NULL),
+                    CATALOG_ERR_NOT_HELD);
+  ck_assert_int_eq (catalog_release_named (cat, "nope", "keep", &named,
+                                           NULL), CATALOG_ERR_NOT_FOUND);
+  ck_assert_int_eq (catalog_release_named (cat, "s1", "backup", &named,
+                                           NULL), CATALOG_OK);
+  ck_assert_int_eq (named, 1);
+  ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_FORCE, NULL),
+                    CATALOG_ERR_BUSY);
+  ck_assert_int_eq (catalog_release_named (cat, "s1", "keep", &named, NULL),
+                    CATALOG_OK);
+  ck_assert_int_eq (named, 0);
+  ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_NOW, NULL), CATALOG_OK);
+  catalog_owner_closed (cat, 9);
+}
+END_TEST
+
+START_TEST (test_named_rollback)
+{
+  struct catalog_rollback_result res;
+
+  cstart ();
+  ccreate ("s1");
+  ccreate ("s2");
+  ccreate ("s3");
+  named_hold ("s2", "keep");
+  ck_assert_int_eq (catalog_rollback (cat, 1, "s1", false, true, NULL, NULL,
+                                      &res), CATALOG_OK);
+  ck_assert_int_eq (res.ndestroyed, 1);
+  ck_assert_str_eq (res.destroyed[0], "s3");
+  ck_assert_int_eq (res.nkept, 1);
+  ck_assert_str_eq (res.kept[0], "s2");
+  catalog_rollback_result_free (&res);
+}
+END_TEST
+
+START_TEST (test_named_persist)
+{
+  struct catalog_snap s;
+  unsigned named;
+  char buf[256];
+
+  cstart ();
+  ccreate ("s1");
+  ccreate ("s2");
+  ccreate ("s3");
+  named_hold ("s1", "a");
+  named_hold ("s2", "b");
+  named_hold ("s3", "c");
+  crestart ();
+  ck_assert_str_eq (holds_text (NULL, buf, sizeof buf), "a:s1 b:s2 c:s3 ");
+  ck_assert (find_snap ("s2", &s, NULL));
+  ck_assert_int_eq (s.named_holds, 1);
+  quiet_errors = 1;
+  ck_assert_int_eq (cdelete ("s2", CATALOG_DELETE_NOW, NULL),
+                    CATALOG_ERR_BUSY);
+  ck_assert_int_eq (catalog_release_named (cat, "s2", "b", &named, NULL),
+                    CATALOG_OK);
+  crestart ();
+  ck_assert_str_eq (holds_text (NULL, buf, sizeof buf), "a:s1 c:s3 ");
+  /* A snapshot gone behind the catalog's back (deleted by the engine):
+   * its hold is dropped at the next start, with a message. */
+  catalog_free (cat);
+  cat = NULL;
+  ck_assert_int_eq (nbdsnap_snap_delete (e, nbdsnap_snap_lookup (e, "s3")),
+                    0);
+  crestart ();
+  ck_assert_str_eq (holds_text (NULL, buf, sizeof buf), "a:s1 ");
+  crestart ();
+  ck_assert_str_eq (holds_text (NULL, buf, sizeof buf), "a:s1 ");
+}
+END_TEST
+
+/* Write text as the holds file, restart. */
+static void
+holds_file (const char *text)
+{
+  ck_assert_int_eq (nbdsnap_engine_write_state (e, "holds", text), 0);
+  crestart ();
+}
+
+START_TEST (test_named_damaged)
+{
+  char buf[256], *saved;
+  size_t len;
+
+  cstart ();
+  ccreate ("s1");
+  ccreate ("s2");
+  named_hold ("s1", "a");
+  named_hold ("s2", "b");
+  quiet_errors = 1;
+  /* A bad checksum: the holds that still read are kept (holding errs on
+   * the safe side), the file is saved, and rewritten clean. */
+  holds_file ("nbdsnap-holds 1\n"
+              "hold a s1 2024-01-01T00:00:00Z\n"
+              "hold b s2 2024-01-01T00:00:00Z\n"
+              "checksum 0000000000000000\n");
+  ck_assert_str_eq (holds_text (NULL, buf, sizeof buf), "a:s1 b:s2 ");
+  saved = nbdsnap_engine_read_state (e, "holds.damaged", &len);
+  ck_assert_ptr_nonnull (saved);
+  ck_assert (strstr (saved, "checksum 0000000000000000") != NULL);
+  free (saved);
+  crestart ();                  /* rewritten: no message, the same holds */
+  ck_assert_str_eq (holds_text (NULL, buf, sizeof buf), "a:s1 b:s2 ");
+  /* Garbage lines and a cut file: the good lines are kept. */
+  holds_file ("nbdsnap-holds 1\n"
+              "hold a s1 2024-01-01T00:00:00Z\n"
+              "\x01\x02 garbage\n"
+              "hold b s");
+  ck_assert_str_eq (holds_text (NULL, buf, sizeof buf), "a:s1 ");
+  /* Nothing readable: the server starts, with no holds. */
+  holds_file ("\xff\xfe\n");
+  ck_assert_str_eq (holds_text (NULL, buf, sizeof buf), "");
+  /* Deletes work then. */
+  ck_assert_int_eq (cdelete ("s1", CATALOG_DELETE_NOW, NULL), CATALOG_OK);
+}
+END_TEST
+
+START_TEST (test_totals)
+{
+  struct catalog_totals t;
+  struct catalog_conn *c;
+
+  cstart ();
+  c = copen ("");
+  ck_assert_int_eq (catalog_conn_done (c, CATALOG_REQ_WRITE, 4096, 0), 0);
+  ck_assert_int_eq (catalog_conn_done (c, CATALOG_REQ_ZERO, 512, 0), 0);
+  errno = EIO;
+  ck_assert_int_eq (catalog_conn_done (c, CATALOG_REQ_READ, 512, -1), -1);
+  ck_assert_int_eq (errno, EIO);
+  catalog_totals (cat, &t);
+  ck_assert_int_eq (t.origin_bytes_written, 4096);
+  catalog_conn_close (cat, c);
+  catalog_totals (cat, &t);     /* kept after the close */
+  ck_assert_int_eq (t.origin_bytes_written, 4096);
+  ck_assert_int_eq (t.origin_writes, 1);
+  ck_assert_int_eq (t.origin_zeros, 1);
+  ck_assert_int_eq (t.origin_zero_bytes, 512);
+  ck_assert_int_eq (t.origin_reads, 0);
+  ck_assert_int_eq (t.failed, 1);
+  ck_assert_int_eq (t.errors[EIO], 1);
+}
+END_TEST
+
 static Suite *
 catalog_suite (void)
 {
@@ -712,6 +940,11 @@ catalog_suite (void)
     { "rollback_open", test_rollback_open, 1 },
     { "rollback_destroy", test_rollback_destroy, 1 },
     { "list_during_delete", test_list_during_delete, 1 },
+    { "named_busy", test_named_busy, 1 },
+    { "named_rollback", test_named_rollback, 1 },
+    { "named_persist", test_named_persist, 1 },
+    { "named_damaged", test_named_damaged, 1 },
+    { "totals", test_totals, 1 },
   };
 
   helpers_add_tcases (s, tcs, sizeof tcs / sizeof tcs[0], setup, teardown,

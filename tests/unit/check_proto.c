@@ -46,7 +46,7 @@ START_TEST (test_commands)
     { "info a", PROTO_CMD_INFO }, { "clients", PROTO_CMD_CLIENTS },
     { "hold a", PROTO_CMD_HOLD }, { "release a", PROTO_CMD_RELEASE },
     { "changes a", PROTO_CMD_CHANGES }, { "stats", PROTO_CMD_STATS },
-    { "rollback a", PROTO_CMD_ROLLBACK },
+    { "rollback a", PROTO_CMD_ROLLBACK }, { "holds", PROTO_CMD_HOLDS },
   };
   for (size_t i = 0; i < sizeof t / sizeof t[0]; ++i) {
     ck_assert_msg (parse (t[i].line) == 0, "%s: %s", t[i].line,
@@ -63,6 +63,36 @@ START_TEST (test_commands)
   ck_assert (!req.nowait && !req.progress);
   ck_assert_int_eq (proto_cmd_from_name ("nope"), -1);
   ck_assert_ptr_null (proto_cmd_name (PROTO_CMD__COUNT));
+}
+END_TEST
+
+START_TEST (test_tags)
+{
+  ck_assert_int_eq (parse ("hold s1"), 0);
+  ck_assert_str_eq (req.tag, "");
+  ck_assert_int_eq (parse ("hold s1 tag=backup.1"), 0);
+  ck_assert_int_eq (req.cmd, PROTO_CMD_HOLD);
+  ck_assert_str_eq (req.name, "s1");
+  ck_assert_str_eq (req.tag, "backup.1");
+  ck_assert_int_eq (parse ("release s1\ttag=b"), 0);
+  ck_assert_int_eq (req.cmd, PROTO_CMD_RELEASE);
+  ck_assert_str_eq (req.tag, "b");
+  ck_refused ("hold s1 tag=", PROTO_ERR_INVALID_NAME);
+  ck_refused ("hold s1 tag=a*b", PROTO_ERR_INVALID_NAME);
+  ck_refused ("hold s1 tag=-a", PROTO_ERR_INVALID_NAME);
+  ck_refused ("hold s1 tag=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+              PROTO_ERR_INVALID_NAME);          /* 65 characters */
+  ck_refused ("hold s1 tag=a tag=b", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("hold s1 mytag", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("release s1 force", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("info s1 tag=a", PROTO_ERR_BAD_REQUEST);
+  ck_assert_int_eq (parse ("holds"), 0);
+  ck_assert_int_eq (req.cmd, PROTO_CMD_HOLDS);
+  ck_assert_str_eq (req.name, "");
+  ck_assert_int_eq (parse ("holds s2"), 0);
+  ck_assert_str_eq (req.name, "s2");
+  ck_refused ("holds s2 s3", PROTO_ERR_BAD_REQUEST);
+  ck_refused ("holds s/2", PROTO_ERR_INVALID_NAME);
 }
 END_TEST
 
@@ -479,6 +509,7 @@ proto_suite (void)
   Suite *s = suite_create ("proto");
   struct { const char *name; const TTest *test; } t[] = {
     { "commands", test_commands }, { "flags", test_flags },
+    { "tags", test_tags },
     { "job_flags", test_job_flags },
     { "whitespace", test_whitespace }, { "empty", test_empty },
     { "unknown", test_unknown }, { "arity", test_arity },
