@@ -41,6 +41,17 @@
  *   under the catalog lock): none of them can see a snapshot that a forced
  *   delete frees.  The can_* callbacks use only what .open fixed.
  *
+ * - A failed start removes what it created.  .get_ready undoes its own
+ *   steps when one fails (the admin socket, the catalog, the engine,
+ *   which removes a state directory it made: nbdsnap_engine_abandon).
+ *   nbdkit may still fail after .get_ready and before .after_fork (the
+ *   NBD socket in use, the pid file, changing user) and then calls exit
+ *   without .cleanup: an atexit handler, registered in .get_ready, does
+ *   the same undoing then.  It acts only in the process that owns the
+ *   server and before .after_fork: nbdkit's fork into the background and
+ *   its --run fork exit in the parent while the child serves, so a
+ *   pthread_atfork handler hands the ownership to the child.
+ *
  * - Messages from src/ go through nbdsnap_set_log_handlers () to
  *   nbdkit_verror / nbdkit_vdebug, installed in .load.
  */
@@ -52,6 +63,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -145,6 +158,48 @@ nbdsnap_config_complete (void)
 
 #define NBD_CONN_FDS_RESERVED (3 * 32 + 32)
 
+/* The failed-start undoing (see the notes at the top).  ready_owner: the
+ * pid of the process that owns the engine and admin socket opened by
+ * .get_ready and may undo them, 0 for none (not ready, a parent of a fork,
+ * or .after_fork reached).  Only the main thread touches it, before any
+ * thread of ours exists: no lock. */
+static pid_t ready_owner;
+
+/* Undo .get_ready: the admin socket, the catalog, the engine (and a state
+ * directory this start made). */
+static void
+undo_ready (void)
+{
+  admin_stop ();
+  catalog_free (catalog);
+  catalog = NULL;
+  nbdsnap_engine_abandon (engine);
+  engine = NULL;
+}
+
+static void
+failed_start_atexit (void)
+{
+  if (ready_owner != 0 && ready_owner == getpid ()) {
+    ready_owner = 0;
+    nbdkit_debug ("the server did not start: removing what it created");
+    undo_ready ();
+  }
+}
+
+static void
+atfork_parent (void)
+{
+  ready_owner = 0;
+}
+
+static void
+atfork_child (void)
+{
+  if (ready_owner != 0)
+    ready_owner = getpid ();
+}
+
 /* Open the engine and bind the admin socket: errors reach the user. */
 static int
 nbdsnap_get_ready (void)
@@ -159,6 +214,7 @@ nbdsnap_get_ready (void)
      * most, and room for NBD_CONN_FDS_RESERVED (nbdkit's connections take
      * 3 each, and nbdkit and libraries hold a few). */
     .fd_reserve = admin_fd_reserve () + NBD_CONN_FDS_RESERVED,
+    .adopt = nbdsnap_cfg.adopt,
   };
 
   {
@@ -171,20 +227,40 @@ nbdsnap_get_ready (void)
     if (origin_description_rw == NULL || origin_description_ro == NULL)
       return -1;
   }
+  {
+    static bool registered;
+    if (!registered) {
+      if (atexit (failed_start_atexit) != 0
+          || pthread_atfork (NULL, atfork_parent, atfork_child) != 0) {
+        nbdkit_error ("atexit: cannot register the failed-start handler");
+        return -1;
+      }
+      registered = true;
+    }
+  }
   registry_note_cwd ();        /* before nbdkit may chdir (-U a/b) */
   engine = nbdsnap_engine_open (&ec);
   if (engine == NULL)
     return -1;
   catalog = catalog_new (engine, origin.readonly);
   if (catalog == NULL)
-    return -1;
+    goto err;
   admin_set_ops (registry_admin_ops (catalog));
-  return admin_bind (nbdsnap_cfg.admin);
+  if (admin_bind (nbdsnap_cfg.admin) == -1)
+    goto err;
+  ready_owner = getpid ();
+  return 0;
+
+ err:
+  undo_ready ();
+  return -1;
 }
 
 static int
 nbdsnap_after_fork (void)
 {
+  /* Serving: from here on .cleanup undoes what .get_ready made. */
+  ready_owner = 0;
   /* Threads start here, not in .get_ready: they would not survive the
    * fork into the background. */
   if (catalog_start (catalog) == -1)

@@ -38,7 +38,7 @@ struct plugin_config nbdsnap_cfg;
 NBDKIT_DLL_PUBLIC int nbdsnap_debug_config;
 
 /* Which keys were given, to refuse a key given twice. */
-static bool given_chunk_size, given_durability, given_max_store;
+static bool given_chunk_size, given_durability, given_max_store, given_adopt;
 
 int
 config_parse_size (const char *key, const char *value, uint64_t *size)
@@ -123,6 +123,20 @@ set_durability (const char *value)
   return 0;
 }
 
+/* adopt=: a boolean; only 1 does anything (see params.h). */
+static int
+set_adopt (const char *value)
+{
+  int r = nbdkit_parse_bool (value);
+
+  if (r == -1) {
+    nbdkit_error ("adopt=%s: must be 1 (yes) or 0 (no)", value);
+    return -1;
+  }
+  nbdsnap_cfg.adopt = r;
+  return 0;
+}
+
 int
 config_set (const char *key, const char *value)
 {
@@ -141,6 +155,8 @@ config_set (const char *key, const char *value)
     given = &given_durability;
   else if (strcmp (key, "max-store") == 0)
     given = &given_max_store;
+  else if (strcmp (key, "adopt") == 0)
+    given = &given_adopt;
   else {
     nbdkit_error ("%s=%s: unknown parameter (see: nbdkit nbdsnap --help)", key,
                   value);
@@ -159,6 +175,8 @@ config_set (const char *key, const char *value)
     return set_chunk_size (value);
   if (given == &given_durability)
     return set_durability (value);
+  if (given == &given_adopt)
+    return set_adopt (value);
   return config_parse_size ("max-store", value, &nbdsnap_cfg.max_store);
 }
 
@@ -319,13 +337,13 @@ config_finish (bool is_blockdev)
   if (nbdsnap_debug_config)
     nbdkit_debug (
         "config: file=%s%s statedir=%s admin=%s chunk-size=%" PRIu32
-        "%s durability=%s max-store=%" PRIu64,
+        "%s durability=%s max-store=%" PRIu64 " adopt=%d",
         nbdsnap_cfg.file, nbdsnap_cfg.file_readonly ? " (read-only)" : "",
         nbdsnap_cfg.statedir, nbdsnap_cfg.admin, nbdsnap_cfg.chunk_size,
         nbdsnap_cfg.chunk_size ? "" : " (the directory's)",
         nbdsnap_cfg.durability == NBDSNAP_DURABILITY_POWER ? "power"
                                                            : "process",
-        nbdsnap_cfg.max_store);
+        nbdsnap_cfg.max_store, nbdsnap_cfg.adopt);
   return 0;
 }
 
@@ -336,5 +354,5 @@ config_free (void)
   free (nbdsnap_cfg.statedir);
   free (nbdsnap_cfg.admin);
   memset (&nbdsnap_cfg, 0, sizeof nbdsnap_cfg);
-  given_chunk_size = given_durability = given_max_store = false;
+  given_chunk_size = given_durability = given_max_store = given_adopt = false;
 }

@@ -24,6 +24,8 @@ struct plugin_config {
   enum nbdsnap_durability durability; /* durability=, default power */
   uint64_t max_store;                 /* max-store=, 0 = no limit */
   bool file_readonly; /* the image cannot be opened for writing */
+  bool adopt;         /* adopt=1: an image refused as another disk is the
+                         state directory's disk (src/statedir.h) */
 };
 
 extern struct plugin_config nbdsnap_cfg;
@@ -34,7 +36,9 @@ extern struct plugin_config nbdsnap_cfg;
   "admin=SOCKET           Admin socket (default STATEDIR/admin.sock).\n"       \
   "chunk-size=SIZE        Copy-on-write chunk, power of 2, 4K-1M (64K).\n"     \
   "durability=power|process  Sync copied chunks before overwriting (power).\n" \
-  "max-store=SIZE         Default per-snapshot store limit (0 = none)."
+  "max-store=SIZE         Default per-snapshot store limit (0 = none).\n"   \
+  "adopt=1                The image is the state directory's disk (after\n" \
+  "                       a restore or move it refused; see the man page)."
 
 /* .config: one key=value; -1 (reported) for an unknown key, a key given
  * twice or a malformed value. */

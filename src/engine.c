@@ -1190,8 +1190,8 @@ nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
   e->fd_reserve = cfg->fd_reserve ? cfg->fd_reserve
                                   : NBDSNAP_FD_RESERVE_DEFAULT;
   e->next_id = 1;
-  if (statedir_open (&e->sd, cfg->statedir, cfg->origin, cfg->chunk_size)
-      == -1) {
+  if (statedir_open (&e->sd, cfg->statedir, cfg->origin, cfg->chunk_size,
+                     cfg->adopt) == -1) {
     free (e);
     return NULL;
   }
@@ -1210,7 +1210,7 @@ nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
     pthread_rwlock_init (&e->stripes[i], NULL);
 
   if (load_all (e) == -1) {
-    nbdsnap_engine_close (e);
+    nbdsnap_engine_abandon (e);
     return NULL;
   }
   /* Deletes that did not finish (and creates that did not: the same
@@ -1229,7 +1229,7 @@ nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
   /* Before the origin is served, and before temporary snapshots go (the
    * target may be one). */
   if (resume_rollback (e) == -1) {
-    nbdsnap_engine_close (e);
+    nbdsnap_engine_abandon (e);
     return NULL;
   }
   /* Temporary snapshots died with the admin connection that owned them. */
@@ -1243,8 +1243,22 @@ nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
   return e;
 }
 
+static void engine_close (struct nbdsnap_engine *e, bool abandon);
+
 void
 nbdsnap_engine_close (struct nbdsnap_engine *e)
+{
+  engine_close (e, false);
+}
+
+void
+nbdsnap_engine_abandon (struct nbdsnap_engine *e)
+{
+  engine_close (e, true);
+}
+
+static void
+engine_close (struct nbdsnap_engine *e, bool abandon)
 {
   struct nbdsnap_snap *s, *next;
   size_t i;
@@ -1260,6 +1274,9 @@ nbdsnap_engine_close (struct nbdsnap_engine *e)
   pthread_mutex_destroy (&e->job_lock);
   for (i = 0; i < CHUNK_STRIPES; ++i)
     pthread_rwlock_destroy (&e->stripes[i]);
-  statedir_close (&e->sd);
+  if (abandon)
+    statedir_abandon (&e->sd);
+  else
+    statedir_close (&e->sd);
   free (e);
 }

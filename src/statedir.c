@@ -108,13 +108,77 @@ image_mark (const struct nbdsnap_origin *o, char id[64], char path[PATH_MAX])
   snprintf (path, PATH_MAX, "%s", sp ? sp : "");
 }
 
+/* Mark the image with "ID DIR" (not a block device: see image_mark).
+ * The first mark set by this open remembers the one it replaced, for
+ * statedir_abandon.  Returns true if the mark is set. */
+static bool
+set_mark (struct statedir *sd, const struct nbdsnap_origin *o,
+          const char *id, const char *absdir)
+{
+  char mark[PATH_MAX + 64], old[PATH_MAX + 64];
+  ssize_t n;
+
+  if (o->is_blockdev)
+    return false;
+  if (!sd->created_mark) {
+    n = fgetxattr (o->fd, IMAGE_XATTR, old, sizeof old - 1);
+    if (n >= 0) {
+      old[n] = '\0';
+      sd->old_mark = strdup (old);
+      if (sd->old_mark == NULL) {
+        nbdsnap_error ("strdup: %m");
+        return false;
+      }
+    }
+  }
+  snprintf (mark, sizeof mark, "%s %s", id, absdir);
+  if (fsetxattr (o->fd, IMAGE_XATTR, mark, strlen (mark), 0) == -1) {
+    nbdsnap_debug ("%s: cannot set the %s attribute (%m): the image is "
+                   "known by its device and inode numbers only",
+                   o->path, IMAGE_XATTR);
+    return false;
+  }
+  sd->created_mark = true;
+  return true;
+}
+
+/* Write the header for image o with state id `id` (new or kept), marking
+ * the image. */
+static int
+write_header_id (struct statedir *sd, const struct nbdsnap_origin *o,
+                 const char *id)
+{
+  char buf[PATH_MAX + 512];
+  char *abs = realpath (o->path, NULL), *absdir = realpath (sd->path, NULL);
+  bool marked;
+  int r;
+
+  marked = set_mark (sd, o, id, absdir ? absdir : sd->path);
+  snprintf (buf, sizeof buf,
+            HEADER_MAGIC "\n"
+            "chunk-size %" PRIu32 "\n"
+            "image-size %" PRIu64 "\n"
+            "image-kind %s\n"
+            "image-dev %" PRIu64 "\n"
+            "image-ino %" PRIu64 "\n"
+            "state-id %s\n"
+            "image-mark %s\n"
+            "image-path %s\n",
+            sd->chunk_size, o->size, o->is_blockdev ? "blockdev" : "file",
+            o->dev, o->is_blockdev ? 0 : o->ino, id,
+            marked ? "xattr" : "none", abs ? abs : o->path);
+  r = statedir_write_file (sd, "header", buf);
+  free (abs);
+  free (absdir);
+  return r;
+}
+
+/* A new directory's header, with a new state id. */
 static int
 write_header (struct statedir *sd, const struct nbdsnap_origin *o)
 {
-  char buf[PATH_MAX + 512], id[33], mark[PATH_MAX + 64];
-  char old_id[64], old_dir[PATH_MAX];
-  char *abs = realpath (o->path, NULL), *absdir = realpath (sd->path, NULL);
-  bool marked = false;
+  char id[33], old_id[64], old_dir[PATH_MAX];
+  char *absdir = realpath (sd->path, NULL);
   int r = -1;
 
   /* A block device's xattrs belong to its node in /dev, not to the
@@ -136,50 +200,128 @@ write_header (struct statedir *sd, const struct nbdsnap_origin *o)
   }
   if (random_id (id) == -1)
     goto out;
-  if (!o->is_blockdev) {
-    snprintf (mark, sizeof mark, "%s %s", id, absdir ? absdir : sd->path);
-    marked = fsetxattr (o->fd, IMAGE_XATTR, mark, strlen (mark), 0) == 0;
-  }
-  if (!o->is_blockdev && !marked)
-    nbdsnap_debug ("%s: cannot set the %s attribute (%m): the image is "
-                   "known by its device and inode numbers only",
-                   o->path, IMAGE_XATTR);
-  snprintf (buf, sizeof buf,
-            HEADER_MAGIC "\n"
-            "chunk-size %" PRIu32 "\n"
-            "image-size %" PRIu64 "\n"
-            "image-kind %s\n"
-            "image-dev %" PRIu64 "\n"
-            "image-ino %" PRIu64 "\n"
-            "state-id %s\n"
-            "image-mark %s\n"
-            "image-path %s\n",
-            sd->chunk_size, o->size, o->is_blockdev ? "blockdev" : "file",
-            o->dev, o->is_blockdev ? 0 : o->ino, id,
-            marked ? "xattr" : "none", abs ? abs : o->path);
-  r = statedir_write_file (sd, "header", buf);
+  sd->created_header = true;
+  r = write_header_id (sd, o, id);
  out:
-  free (abs);
   free (absdir);
   return r;
 }
 
-/* The remedy, for messages that refuse an image. */
-#define REMEDY \
-  "; if this image is meant to be used with no snapshots (restored, " \
-  "replaced), move the state directory away and start again"
+/* Does the directory hold any snapshot file?  How many in *n (a snapshot
+ * has up to three). */
+static int
+count_snapshot_files (struct statedir *sd, unsigned *n)
+{
+  /* A new open file description: a dup would share dirfd's offset, and
+   * the engine's scan (scan_ids) reads dirfd after us. */
+  int dfd = openat (sd->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  struct dirent *d;
+  DIR *dir;
 
-/* Read the header and compare it with the image. */
+  *n = 0;
+  if (dfd == -1 || (dir = fdopendir (dfd)) == NULL) {
+    nbdsnap_error ("opendir %s: %m", sd->path);
+    if (dfd >= 0)
+      close (dfd);
+    return -1;
+  }
+  while ((d = readdir (dir)) != NULL)
+    if (strncmp (d->d_name, "snap-", 5) == 0)
+      ++*n;
+  closedir (dir);
+  return 0;
+}
+
+static int
+has_snapshots (struct statedir *sd, bool *yes)
+{
+  unsigned n;
+
+  if (count_snapshot_files (sd, &n) == -1)
+    return -1;
+  *yes = n > 0;
+  return 0;
+}
+
+/* How to go on, for messages that refuse an image as another disk. */
+#define ADOPT_REMEDY \
+  "; if it IS the same disk (its bytes are exactly those this server " \
+  "last served: moved or copied while the server was stopped, or a block " \
+  "device that got a new number), start once with adopt=1; if it is " \
+  "not, give it another statedir=, or move %s away to give up its " \
+  "snapshots"
+
+/* Why image o is not the one the header describes, in words, or "" if it
+ * is.  kind, dev, ino, id, mark, path: the header's. */
+static void
+identity_differs (const struct nbdsnap_origin *o, const char *kind,
+                  uint64_t dev, uint64_t ino, const char *id,
+                  const char *mark, char *why, size_t len)
+{
+  const char *mykind = o->is_blockdev ? "blockdev" : "file";
+  char have[64], have_dir[PATH_MAX];
+
+  why[0] = '\0';
+  if (strcmp (kind, mykind) != 0)
+    snprintf (why, len, "it is a %s, the disk was a %s",
+              o->is_blockdev ? "block device" : "regular file",
+              strcmp (kind, "blockdev") == 0 ? "block device"
+                                             : "regular file");
+  else if (o->is_blockdev && dev != o->dev)
+    snprintf (why, len, "it is block device %u:%u, the disk was block "
+              "device %u:%u", major (o->dev), minor (o->dev),
+              major (dev), minor (dev));
+  else if (!o->is_blockdev && strcmp (mark, "xattr") == 0) {
+    /* The mark is the identity: the same bytes may have moved to another
+     * inode or file system (mv, cp -a) and are still the same image. */
+    image_mark (o, have, have_dir);
+    if (have[0] == '\0')
+      snprintf (why, len, "it lacks the mark nbdsnap gave the disk (the "
+                "extended attribute " IMAGE_XATTR "): it is a copy made "
+                "without -a, a restore, or a new file in its place");
+    else if (strcmp (have, id) != 0)
+      snprintf (why, len, "it carries the mark of another state "
+                "directory, %s: it was made for that one",
+                have_dir[0] ? have_dir : "(unknown)");
+  }
+  else if (!o->is_blockdev && strcmp (mark, "xattr") != 0
+           && (ino != o->ino || dev != o->dev))
+    snprintf (why, len, "it is another file (inode %" PRIu64 " on device "
+              "%" PRIu64 ", the disk was inode %" PRIu64 " on device %"
+              PRIu64 "): a copy, a restore, or a new file in its place",
+              o->ino, o->dev, ino, dev);
+}
+
+/* Where the image is, said once: "at P" if the disk was at P too, else
+ * "at P (the disk was at Q)". */
+static void
+where (const struct nbdsnap_origin *o, const char *path, char *out,
+       size_t len)
+{
+  char *abs = realpath (o->path, NULL);
+  const char *me = abs ? abs : o->path;
+
+  if (path[0] == '\0' || strcmp (path, me) == 0)
+    snprintf (out, len, "%s", o->path);
+  else
+    snprintf (out, len, "%s (the disk was %s)", o->path, path);
+  free (abs);
+}
+
+/* Read the header and compare it with the image; adopt: see
+ * statedir_open. */
 static int
 check_header (struct statedir *sd, const struct nbdsnap_origin *o,
-              uint32_t want_chunk)
+              uint32_t want_chunk, bool adopt)
 {
   char buf[PATH_MAX + 512], kind[16] = "", path[PATH_MAX] = "";
-  char id[64] = "", mark[16] = "", have[64], have_dir[PATH_MAX];
+  char id[64] = "", mark[16] = "", why[PATH_MAX + 256];
+  char at[2 * PATH_MAX + 32];
   uint64_t size = 0, dev = 0, ino = 0;
-  const char *mykind = o->is_blockdev ? "blockdev" : "file";
   uint32_t chunk = 0;
   int version = 0, fields;
+  unsigned nsnapfiles;
+  bool rewrite = false;
   ssize_t n;
   int fd;
 
@@ -240,58 +382,73 @@ check_header (struct statedir *sd, const struct nbdsnap_origin *o,
     nbdsnap_error ("%s/header: bad chunk-size %" PRIu32, sd->path, chunk);
     return -1;
   }
-  errno = EINVAL;
-  if (strcmp (kind, mykind) != 0) {
-    nbdsnap_error ("%s is another image: state directory %s belongs to a "
-                   "%s (%s), and %s is a %s" REMEDY, o->path, sd->path, kind,
-                   path, o->path, mykind);
-    return -1;
-  }
-  if (o->is_blockdev && dev != o->dev) {
-    nbdsnap_error ("%s is another image: state directory %s belongs to "
-                   "block device %" PRIu64 ":%" PRIu64 " (%s), and %s is %"
-                   PRIu64 ":%" PRIu64 REMEDY, o->path, sd->path, (uint64_t) major (dev),
-                   (uint64_t) minor (dev), path, o->path,
-                   (uint64_t) major (o->dev), (uint64_t) minor (o->dev));
-    return -1;
-  }
-  if (!o->is_blockdev && strcmp (mark, "xattr") == 0) {
-    /* The mark is the identity: the same bytes may have moved to another
-     * inode or file system (mv, cp -a) and are still the same image. */
-    image_mark (o, have, have_dir);
-    errno = EINVAL;
-    if (strcmp (have, id) != 0) {
-      nbdsnap_error ("%s is another image: state directory %s belongs to "
-                     "%s (state id %s), and %s %s%s; it was replaced, or "
-                     "is a copy" REMEDY, o->path, sd->path, path, id,
-                     o->path, have[0] ? "belongs to state directory "
-                                      : "has no " IMAGE_XATTR " mark",
-                     have[0] ? have_dir : "");
-      return -1;
-    }
-  }
-  else if (!o->is_blockdev && (ino != o->ino || dev != o->dev)) {
-    nbdsnap_error ("%s is another image: state directory %s belongs to "
-                   "%s (device %" PRIu64 " inode %" PRIu64 "), and this "
-                   "is device %" PRIu64 " inode %" PRIu64 REMEDY,
-                   o->path, sd->path, path, dev, ino, o->dev, o->ino);
-    return -1;
-  }
-  if (size != o->size) {
-    nbdsnap_error ("image %s was resized: state directory %s says %" PRIu64
-                   " bytes, the image has %" PRIu64 " (growing or "
-                   "shrinking an image that has snapshots is not "
-                   "supported)", o->path, sd->path, size, o->size);
-    return -1;
-  }
   if (want_chunk != 0 && want_chunk != chunk) {
+    errno = EINVAL;
     nbdsnap_error ("chunk-size=%" PRIu32 " differs from the state "
                    "directory's %" PRIu32 " (fixed when %s was created)",
                    want_chunk, chunk, sd->path);
     return -1;
   }
   sd->chunk_size = chunk;
-  return 0;
+  if (count_snapshot_files (sd, &nsnapfiles) == -1)
+    return -1;
+  where (o, path, at, sizeof at);
+
+  identity_differs (o, kind, dev, ino, id, mark, why, sizeof why);
+  if (why[0] && !adopt) {
+    errno = EINVAL;
+    nbdsnap_error ("image %s is another image than the disk state "
+                   "directory %s was made for: %s.  Its snapshots hold only "
+                   "what changed since they were taken and read the rest "
+                   "from the disk, so they are right only for that disk"
+                   ADOPT_REMEDY, at, sd->path, why, sd->path);
+    return -1;
+  }
+  if (size != o->size) {
+    errno = EINVAL;
+    if (why[0]) {
+      nbdsnap_error ("adopt=1: image %s is %" PRIu64 " bytes, the disk "
+                     "state directory %s was made for was %" PRIu64 " "
+                     "bytes: a disk of another size is not the same disk",
+                     at, o->size, sd->path, size);
+      return -1;
+    }
+    if (nsnapfiles > 0) {
+      nbdsnap_error ("image %s was resized: %s from %" PRIu64 " to %" PRIu64
+                     " bytes, and its snapshots in %s are of the %" PRIu64
+                     "-byte disk (a snapshot cannot change size).  To "
+                     "resize a disk that has snapshots: put its size back "
+                     "(truncate -s %" PRIu64 " %s), start the server, back "
+                     "up what you need (nbdsnapctl backup) and delete every "
+                     "snapshot, stop it, resize the image, and start again",
+                     o->path, o->size > size ? "grown" : "shrunk", size,
+                     o->size, sd->path, size, size, o->path);
+      return -1;
+    }
+    /* No snapshot depends on the size: the header takes the new one. */
+    nbdsnap_debug ("image %s was resized from %" PRIu64 " to %" PRIu64
+                   " bytes; %s has no snapshots: recording the new size",
+                   o->path, size, o->size, sd->path);
+    rewrite = true;
+  }
+  if (why[0]) {
+    /* adopt=1, and the same size. */
+    nbdsnap_debug ("adopt=1: image %s adopted as the disk of state "
+                   "directory %s (%s)", at, sd->path, why);
+    rewrite = true;
+  }
+  else if (adopt)
+    nbdsnap_debug ("adopt=1: image %s is already the disk of %s: nothing "
+                   "to adopt", o->path, sd->path);
+  if (!rewrite)
+    return 0;
+  if (version == 1 || id[0] == '\0') {
+    char newid[33];
+    if (random_id (newid) == -1)
+      return -1;
+    return write_header_id (sd, o, newid);
+  }
+  return write_header_id (sd, o, id);
 }
 
 /* Lock the image itself (an OFD lock on one byte far past its end, write
@@ -318,31 +475,10 @@ lock_image (const struct nbdsnap_origin *o)
   return -1;
 }
 
-/* Does the directory hold any snapshot file? */
-static int
-has_snapshots (struct statedir *sd, bool *yes)
-{
-  int dfd = dup (sd->dirfd);
-  struct dirent *d;
-  DIR *dir;
-
-  *yes = false;
-  if (dfd == -1 || (dir = fdopendir (dfd)) == NULL) {
-    nbdsnap_error ("opendir %s: %m", sd->path);
-    if (dfd >= 0)
-      close (dfd);
-    return -1;
-  }
-  while ((d = readdir (dir)) != NULL)
-    if (strncmp (d->d_name, "snap-", 5) == 0)
-      *yes = true;
-  closedir (dir);
-  return 0;
-}
-
 int
 statedir_open (struct statedir *sd, const char *path,
-               const struct nbdsnap_origin *o, uint32_t chunk_size)
+               const struct nbdsnap_origin *o, uint32_t chunk_size,
+               bool adopt)
 {
   struct stat st;
 
@@ -363,7 +499,9 @@ statedir_open (struct statedir *sd, const char *path,
     nbdsnap_error ("strdup: %m");
     return -1;
   }
-  if (mkdir (path, 0700) == -1 && errno != EEXIST) {
+  if (mkdir (path, 0700) == 0)
+    sd->created_dir = true;
+  else if (errno != EEXIST) {
     nbdsnap_error ("statedir: mkdir %s: %m", path);
     goto err;
   }
@@ -393,7 +531,7 @@ statedir_open (struct statedir *sd, const char *path,
   sd->image_fd = o->fd;
 
   if (fstatat (sd->dirfd, "header", &st, 0) == 0) {
-    if (check_header (sd, o, chunk_size) == -1)
+    if (check_header (sd, o, chunk_size, adopt) == -1)
       goto err;
   }
   else if (errno == ENOENT) {
@@ -419,8 +557,39 @@ statedir_open (struct statedir *sd, const char *path,
   return 0;
 
  err:
-  statedir_close (sd);
+  statedir_abandon (sd);
   return -1;
+}
+
+void
+statedir_abandon (struct statedir *sd)
+{
+  int saved = errno;
+  bool snaps = false;
+
+  if (sd->dirfd >= 0 && has_snapshots (sd, &snaps) == -1)
+    snaps = true;
+  if (snaps) {
+    nbdsnap_debug ("%s holds snapshots: leaving it", sd->path);
+    goto close;
+  }
+  if (sd->created_mark && sd->image_fd >= 0) {
+    if (sd->old_mark)
+      fsetxattr (sd->image_fd, IMAGE_XATTR, sd->old_mark,
+                 strlen (sd->old_mark), 0);
+    else
+      fremovexattr (sd->image_fd, IMAGE_XATTR);
+  }
+  if (sd->dirfd >= 0 && (sd->created_header || sd->created_dir)) {
+    unlinkat (sd->dirfd, "header", 0);
+    unlinkat (sd->dirfd, "header.tmp", 0);
+    unlinkat (sd->dirfd, "lock", 0);
+  }
+  if (sd->created_dir && sd->path && rmdir (sd->path) == -1)
+    nbdsnap_debug ("rmdir %s: %m: leaving it", sd->path);
+ close:
+  statedir_close (sd);
+  errno = saved;
 }
 
 void
@@ -438,7 +607,9 @@ statedir_close (struct statedir *sd)
   if (sd->dirfd >= 0)
     close (sd->dirfd);
   free (sd->path);
-  sd->path = NULL;
+  free (sd->old_mark);
+  sd->path = sd->old_mark = NULL;
+  sd->created_dir = sd->created_header = sd->created_mark = false;
   sd->lockfd = sd->dirfd = sd->image_fd = -1;
   errno = saved;
 }

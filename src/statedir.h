@@ -28,8 +28,24 @@
  * made with plain cp, a restore), while the same bytes under another
  * inode (mv, cp -a) are accepted.  Where the attribute cannot be set
  * (image-mark none), device and inode numbers must match.  A block device
- * is known by its device number.  The size must match too.  Version 1
- * headers (inode or device number only) are still read.
+ * is known by its device number.  Version 1 headers (inode or device
+ * number only) are still read.  A refused image can be re-adopted
+ * (statedir_open's adopt): the user says it is the same disk (restored
+ * from a copy of exactly what was served, moved with plain cp, a block
+ * device renumbered); the header is rewritten with the image's identity
+ * and the image marked with the directory's state id.  Adopting is
+ * refused if the size differs.
+ *
+ * Size.  The snapshots of a directory are of an image of one size (their
+ * stores and bitmaps are that size): an image grown or shrunk is refused
+ * while the directory holds any snapshot file, with a message saying how
+ * to proceed; with none, the header takes the new size.
+ *
+ * A failed start.  statedir_open records what it created (the
+ * directory, the header, the image's mark); on its own failure it removes
+ * them, and statedir_abandon removes them for a start that failed later
+ * (the server could not listen): nothing is left behind that would make
+ * the next start differ, unless snapshots were made meanwhile.
  *
  * Locks.  Besides the flock on "lock", the image itself gets an OFD lock
  * (write, or read for a read-only server) on one byte far past its end,
@@ -45,6 +61,7 @@
 #ifndef NBDSNAP_STATEDIR_H
 #define NBDSNAP_STATEDIR_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct nbdsnap_origin;
@@ -56,13 +73,26 @@ struct statedir {
   int image_fd;                 /* the origin's, holding the image lock;
                                    not ours to close */
   uint32_t chunk_size;
+  /* What this open created, for statedir_abandon. */
+  bool created_dir;             /* mkdir made the directory */
+  bool created_header;          /* the header did not exist */
+  bool created_mark;            /* the image's mark was set or replaced */
+  char *old_mark;               /* the mark it replaced, NULL if none */
 };
 
-/* chunk_size: 0 = the directory's (default for a new one). */
+/* chunk_size: 0 = the directory's (default for a new one).  adopt: an
+ * image whose identity differs from the header's is taken as the same
+ * disk (see above). */
 extern int statedir_open (struct statedir *sd, const char *path,
                           const struct nbdsnap_origin *origin,
-                          uint32_t chunk_size);
+                          uint32_t chunk_size, bool adopt);
 extern void statedir_close (struct statedir *sd);
+
+/* Close after a failed start: remove what statedir_open created (the
+ * image's mark is put back as it was, the header and lock file and the
+ * directory removed) unless the directory now holds a snapshot file.
+ * Anything else found in the directory is left, with the directory. */
+extern void statedir_abandon (struct statedir *sd);
 
 /* Write name atomically and durably inside the directory:
  * name.tmp, fsync, rename, fsync dir. */

@@ -122,6 +122,9 @@ struct nbdsnap_engine_config {
                                        refuses snapshots that would eat
                                        into them (EMFILE), open warns;
                                        0 = NBDSNAP_FD_RESERVE_DEFAULT */
+  bool adopt;                       /* an image whose identity differs from
+                                       the state directory's record is the
+                                       same disk (adopt=1; src/statedir.h) */
 };
 
 /* Every snapshot keeps NBDSNAP_FDS_PER_SNAPSHOT descriptors open (its
@@ -164,6 +167,10 @@ struct nbdsnap_snap_info {
 extern struct nbdsnap_engine *
 nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg);
 extern void nbdsnap_engine_close (struct nbdsnap_engine *e);
+/* Close after a failed start (the server never served): as close, and
+ * remove what the open created in the state directory, the directory
+ * itself if it made it, unless snapshots were made (statedir_abandon). */
+extern void nbdsnap_engine_abandon (struct nbdsnap_engine *e);
 
 extern uint32_t nbdsnap_engine_chunk_size (const struct nbdsnap_engine *e);
 extern uint64_t nbdsnap_engine_size (const struct nbdsnap_engine *e);

@@ -8,8 +8,10 @@
  * it is not), a second state directory for a marked image is refused, the
  * image itself is locked (OFD), a missing header is not recreated where
  * snapshots are, version 1 headers are read, every header mismatch
- * is refused with a message naming what differs (image resized, another
- * image, chunk-size asked differs), malformed headers are refused,
+ * is refused with a message naming what differs (image resized while it
+ * has snapshots, another image, chunk-size asked differs), a resize with
+ * no snapshots is recorded, adopt takes a refused image of the same size
+ * as the disk, statedir_abandon removes what a failed start created, malformed headers are refused,
  * chunk-size is validated (statedir and engine), and statedir_write_file
  * replaces a file atomically without leaving its .tmp behind.
  */
@@ -84,7 +86,7 @@ START_TEST (test_create_header)
   char want[2048], *abs;
 
   ck_assert (!file_exists (sdpath));
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   ck_assert_uint_eq (sd.chunk_size, NBDSNAP_CHUNK_DEFAULT);
   ck_assert_int_ge (sd.dirfd, 0);
   ck_assert_int_ge (sd.lockfd, 0);
@@ -129,10 +131,10 @@ START_TEST (test_create_header)
   ck_assert_ptr_null (sd.path);
 
   /* Reopen: the header is kept, chunk size 0 = the directory's. */
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   ck_assert_uint_eq (sd.chunk_size, 65536);
   statedir_close (&sd);
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 65536), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 65536, false), 0);
   statedir_close (&sd);
 }
 END_TEST
@@ -141,12 +143,12 @@ START_TEST (test_create_chunk_size)
 {
   struct statedir sd;
 
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 4096), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 4096, false), 0);
   ck_assert_uint_eq (sd.chunk_size, 4096);
   statedir_close (&sd);
   ck_assert_ptr_nonnull (strstr (read_text (sdpath, "header"),
                                  "\nchunk-size 4096\n"));
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   ck_assert_uint_eq (sd.chunk_size, 4096);
   statedir_close (&sd);
 }
@@ -156,11 +158,11 @@ START_TEST (test_lock)
 {
   struct statedir a, b;
 
-  ck_assert_int_eq (statedir_open (&a, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&a, sdpath, &o, 0, false), 0);
   /* Same process, another open file description: refused. */
   last_error[0] = '\0';
   errno = 0;
-  ck_assert_int_eq (statedir_open (&b, sdpath, &o, 0), -1);
+  ck_assert_int_eq (statedir_open (&b, sdpath, &o, 0, false), -1);
   ck_assert_int_eq (errno, EBUSY);
   ck_assert_msg (strstr (last_error, "state directory in use"),
                  "message: %s", last_error);
@@ -174,7 +176,7 @@ START_TEST (test_lock)
     int status;
     if (pid == 0) {
       struct statedir c;
-      int r = statedir_open (&c, sdpath, &o, 0);
+      int r = statedir_open (&c, sdpath, &o, 0, false);
       _exit (r == -1 && errno == EBUSY ? 0 : 1);
     }
     ck_assert_int_eq (waitpid (pid, &status, 0), pid);
@@ -192,7 +194,7 @@ START_TEST (test_lock)
 
   /* Released at close. */
   statedir_close (&a);
-  ck_assert_int_eq (statedir_open (&b, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&b, sdpath, &o, 0, false), 0);
   statedir_close (&b);
 }
 END_TEST
@@ -200,21 +202,27 @@ END_TEST
 START_TEST (test_resized)
 {
   struct statedir sd;
+  char snapfile[512];
 
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   statedir_close (&sd);
+  /* A snapshot file: the size is fixed. */
+  write_text (sdpath, "snap-000001.meta", "x");
   nbdsnap_origin_close (&o);
   ck_assert_int_eq (truncate (img, 2 * MiB), 0);
   ck_assert_int_eq (nbdsnap_origin_open (&o, img, false), 0);
   last_error[0] = '\0';
   errno = 0;
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), -1);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), -1);
   ck_assert_int_eq (errno, EINVAL);
   ck_assert_msg (strstr (last_error, "resized")
-                 && strstr (last_error, "1048576")
-                 && strstr (last_error, "2097152"),
+                 && strstr (last_error, "grown from 1048576 to 2097152")
+                 && strstr (last_error, "truncate -s 1048576")
+                 && strstr (last_error, "delete every snapshot"),
                  "message: %s", last_error);
   ck_assert_ptr_null (sd.path);
+  /* adopt=1 does not change that. */
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, true), -1);
   /* The header is not rewritten by the refusal. */
   ck_assert_ptr_nonnull (strstr (read_text (sdpath, "header"),
                                  "image-size 1048576\n"));
@@ -222,8 +230,107 @@ START_TEST (test_resized)
   nbdsnap_origin_close (&o);
   ck_assert_int_eq (truncate (img, 1 * MiB), 0);
   ck_assert_int_eq (nbdsnap_origin_open (&o, img, false), 0);
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   statedir_close (&sd);
+
+  /* With no snapshot file, the header takes the new size. */
+  ck_assert_int_eq (unlink (tpath (snapfile, sizeof snapfile,
+                                   "disk.img.nbdsnap/snap-000001.meta")), 0);
+  nbdsnap_origin_close (&o);
+  ck_assert_int_eq (truncate (img, 2 * MiB), 0);
+  ck_assert_int_eq (nbdsnap_origin_open (&o, img, false), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
+  statedir_close (&sd);
+  ck_assert_ptr_nonnull (strstr (read_text (sdpath, "header"),
+                                 "image-size 2097152\n"));
+}
+END_TEST
+
+/* adopt: the user says a refused image is the disk.  The header and the
+ * mark follow it, the state id stays; a size that differs is refused. */
+START_TEST (test_adopt)
+{
+  struct statedir sd;
+  struct nbdsnap_origin o2;
+  char img2[512], id[128], *p;
+
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
+  statedir_close (&sd);
+  p = strstr (read_text (sdpath, "header"), "state-id ");
+  ck_assert_ptr_nonnull (p);
+  snprintf (id, sizeof id, "%.41s", p);     /* "state-id " + 32 */
+  write_text (sdpath, "snap-000001.meta", "x");
+
+  /* cp without -a, then the copy put in the image's place. */
+  make_image (tpath (img2, sizeof img2, "copy.img"), 1 * MiB, 0);
+  ck_assert_int_eq (rename (img2, img), 0);
+  nbdsnap_origin_close (&o);
+  ck_assert_int_eq (nbdsnap_origin_open (&o2, img, false), 0);
+  last_error[0] = '\0';
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0, false), -1);
+  /* In words, the path once, and the way on. */
+  ck_assert_msg (strstr (last_error, "lacks the mark")
+                 && strstr (last_error, "adopt=1")
+                 && strstr (last_error, img)
+                 && strstr (last_error, "the disk was") == NULL,
+                 "message: %s", last_error);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0, true), 0);
+  statedir_close (&sd);
+  ck_assert_ptr_nonnull (strstr (read_text (sdpath, "header"), id));
+  /* Adopted for good: no adopt needed any more. */
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0, false), 0);
+  statedir_close (&sd);
+  nbdsnap_origin_close (&o2);
+
+  /* Another size: refused, even with adopt. */
+  make_image (tpath (img2, sizeof img2, "big.img"), 2 * MiB, 0);
+  ck_assert_int_eq (nbdsnap_origin_open (&o2, img2, false), 0);
+  last_error[0] = '\0';
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0, true), -1);
+  ck_assert_msg (strstr (last_error, "adopt=1")
+                 && strstr (last_error, "another size"),
+                 "message: %s", last_error);
+  nbdsnap_origin_close (&o2);
+  o.fd = -1;
+}
+END_TEST
+
+/* statedir_abandon: a failed start leaves nothing it created. */
+START_TEST (test_abandon)
+{
+  struct statedir sd;
+  struct stat st;
+  char mark[256], header[512];
+
+  tpath (header, sizeof header, "disk.img.nbdsnap/header");
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
+  statedir_abandon (&sd);
+  ck_assert_int_eq (stat (sdpath, &st), -1);
+  ck_assert_int_eq (errno, ENOENT);
+  ck_assert_int_eq (getxattr (img, "user.nbdsnap.state-id", mark,
+                              sizeof mark), -1);
+
+  /* A directory that existed (systemd's StateDirectory=) stays, empty. */
+  ck_assert_int_eq (mkdir (sdpath, 0700), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
+  statedir_abandon (&sd);
+  ck_assert_int_eq (stat (sdpath, &st), 0);
+  ck_assert_int_eq (rmdir (sdpath), 0);
+
+  /* Snapshots made meanwhile: everything stays. */
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
+  write_text (sdpath, "snap-000001.meta", "x");
+  statedir_abandon (&sd);
+  ck_assert_int_eq (stat (header, &st), 0);
+  ck_assert_int_gt (getxattr (img, "user.nbdsnap.state-id", mark,
+                              sizeof mark), 0);
+
+  /* An open of an existing directory that fails removes nothing. */
+  nbdsnap_origin_close (&o);
+  ck_assert_int_eq (truncate (img, 2 * MiB), 0);
+  ck_assert_int_eq (nbdsnap_origin_open (&o, img, false), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), -1);
+  ck_assert_int_eq (stat (header, &st), 0);
 }
 END_TEST
 
@@ -233,14 +340,14 @@ START_TEST (test_other_image)
   struct nbdsnap_origin o2;
   char img2[512];
 
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   statedir_close (&sd);
   /* Same size, another inode: a copy of the image, or another image. */
   make_image (tpath (img2, sizeof img2, "other.img"), 1 * MiB, 0);
   ck_assert_int_eq (nbdsnap_origin_open (&o2, img2, false), 0);
   last_error[0] = '\0';
   errno = 0;
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0), -1);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0, false), -1);
   ck_assert_int_eq (errno, EINVAL);
   ck_assert_msg (strstr (last_error, "another image")
                  && strstr (last_error, img2)
@@ -252,10 +359,10 @@ START_TEST (test_other_image)
   ck_assert_int_eq (rename (img2, img), 0);
   ck_assert_int_eq (nbdsnap_origin_open (&o2, img, false), 0);
   errno = 0;
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0), -1);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0, false), -1);
   ck_assert_int_eq (errno, EINVAL);
   ck_assert_ptr_nonnull (strstr (last_error, "another image"));
-  ck_assert_ptr_nonnull (strstr (last_error, "has no user.nbdsnap"));
+  ck_assert_ptr_nonnull (strstr (last_error, "lacks the mark"));
   nbdsnap_origin_close (&o2);
 }
 END_TEST
@@ -271,7 +378,7 @@ START_TEST (test_mark_identity)
   char img2[512], mark[PATH_MAX + 64];
   ssize_t n;
 
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   statedir_close (&sd);
   n = getxattr (img, "user.nbdsnap.state-id", mark, sizeof mark);
   ck_assert_int_gt (n, 0);
@@ -282,7 +389,7 @@ START_TEST (test_mark_identity)
   nbdsnap_origin_close (&o);
   o.fd = -1;
   ck_assert_int_eq (nbdsnap_origin_open (&o2, img2, false), 0);
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o2, 0, false), 0);
   statedir_close (&sd);
   nbdsnap_origin_close (&o2);
 
@@ -290,10 +397,10 @@ START_TEST (test_mark_identity)
   ck_assert_int_eq (removexattr (img, "user.nbdsnap.state-id"), 0);
   ck_assert_int_eq (nbdsnap_origin_open (&o, img, false), 0);
   errno = 0;
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), -1);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), -1);
   ck_assert_int_eq (errno, EINVAL);
   ck_assert_ptr_nonnull (strstr (last_error, "another image"));
-  ck_assert_ptr_nonnull (strstr (last_error, "move the state directory"));
+  ck_assert_ptr_nonnull (strstr (last_error, "adopt=1"));
 }
 END_TEST
 
@@ -305,11 +412,11 @@ START_TEST (test_second_statedir)
   struct statedir sd;
   char sd2[512], p[1024];
 
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   statedir_close (&sd);
   tpath (sd2, sizeof sd2, "second");
   errno = 0;
-  ck_assert_int_eq (statedir_open (&sd, sd2, &o, 0), -1);
+  ck_assert_int_eq (statedir_open (&sd, sd2, &o, 0, false), -1);
   ck_assert_int_eq (errno, EBUSY);
   ck_assert_ptr_nonnull (strstr (last_error, "belongs to state directory"));
   ck_assert_ptr_nonnull (strstr (last_error, "disk.img.nbdsnap"));
@@ -317,7 +424,7 @@ START_TEST (test_second_statedir)
   snprintf (p, sizeof p, "%s/header", sd2);
   ck_assert (!file_exists (p));
   /* The first directory still opens. */
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   statedir_close (&sd);
 }
 END_TEST
@@ -331,21 +438,21 @@ START_TEST (test_image_lock)
   struct nbdsnap_origin o2;
   char sd2[512];
 
-  ck_assert_int_eq (statedir_open (&a, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&a, sdpath, &o, 0, false), 0);
   ck_assert_int_eq (nbdsnap_origin_open (&o2, img, false), 0);
   tpath (sd2, sizeof sd2, "second");
   errno = 0;
-  ck_assert_int_eq (statedir_open (&b, sd2, &o2, 0), -1);
+  ck_assert_int_eq (statedir_open (&b, sd2, &o2, 0, false), -1);
   ck_assert_int_eq (errno, EBUSY);
   ck_assert_ptr_nonnull (strstr (last_error, "image in use"));
   /* Read-only servers share a read lock, which a writer's lock excludes. */
   nbdsnap_origin_close (&o2);
   ck_assert_int_eq (nbdsnap_origin_open (&o2, img, true), 0);
   errno = 0;
-  ck_assert_int_eq (statedir_open (&b, sdpath, &o2, 0), -1);
+  ck_assert_int_eq (statedir_open (&b, sdpath, &o2, 0, false), -1);
   ck_assert (errno == EBUSY);
   statedir_close (&a);
-  ck_assert_int_eq (statedir_open (&b, sdpath, &o2, 0), 0);
+  ck_assert_int_eq (statedir_open (&b, sdpath, &o2, 0, false), 0);
   statedir_close (&b);
   nbdsnap_origin_close (&o2);
 }
@@ -358,13 +465,13 @@ START_TEST (test_missing_header)
   struct statedir sd;
   char p[1024];
 
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   statedir_close (&sd);
   write_text (sdpath, "snap-000001.meta", "x");
   snprintf (p, sizeof p, "%s/header", sdpath);
   ck_assert_int_eq (unlink (p), 0);
   errno = 0;
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), -1);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), -1);
   ck_assert_int_eq (errno, EINVAL);
   ck_assert_ptr_nonnull (strstr (last_error, "header is missing"));
   ck_assert (!file_exists (p));
@@ -386,7 +493,7 @@ START_TEST (test_header_v1)
             "image-id 0:%" PRIu64 "\n"
             "image-path %s\n", o.ino, img);
   write_text (sdpath, "header", h);
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   statedir_close (&sd);
   snprintf (h, sizeof h,
             "nbdsnap-state 1\n"
@@ -397,7 +504,7 @@ START_TEST (test_header_v1)
             "image-path %s\n", o.ino + 1, img);
   write_text (sdpath, "header", h);
   errno = 0;
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), -1);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), -1);
   ck_assert_int_eq (errno, EINVAL);
   ck_assert_ptr_nonnull (strstr (last_error, "another image"));
 }
@@ -407,11 +514,11 @@ START_TEST (test_chunk_differs)
 {
   struct statedir sd;
 
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 8192), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 8192, false), 0);
   statedir_close (&sd);
   last_error[0] = '\0';
   errno = 0;
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 65536), -1);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 65536, false), -1);
   ck_assert_int_eq (errno, EINVAL);
   ck_assert_msg (strstr (last_error, "chunk-size=65536")
                  && strstr (last_error, "8192"),
@@ -448,14 +555,14 @@ START_TEST (test_malformed)
   };
   size_t i;
 
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   statedir_close (&sd);
   strcpy (good, read_text (sdpath, "header"));
   for (i = 0; i < sizeof bad / sizeof bad[0]; ++i) {
     write_text (sdpath, "header", bad[i]);
     last_error[0] = '\0';
     errno = 0;
-    ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), -1);
+    ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), -1);
     ck_assert_int_eq (errno, EINVAL);
     ck_assert_msg (strstr (last_error, "header"), "bad[%zu]: message: %s",
                    i, last_error);
@@ -471,13 +578,13 @@ START_TEST (test_malformed)
     memcpy (p, "chunk-size 65535", 16);
     write_text (sdpath, "header", edited);
     errno = 0;
-    ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), -1);
+    ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), -1);
     ck_assert_int_eq (errno, EINVAL);
     ck_assert_ptr_nonnull (strstr (last_error, "bad chunk-size 65535"));
   }
   /* The good one opens again. */
   write_text (sdpath, "header", good);
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   statedir_close (&sd);
   /* A header that is a directory. */
   {
@@ -485,7 +592,7 @@ START_TEST (test_malformed)
     snprintf (p, sizeof p, "%s/header", sdpath);
     ck_assert_int_eq (unlink (p), 0);
     ck_assert_int_eq (mkdir (p, 0700), 0);
-    ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), -1);
+    ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), -1);
   }
 }
 END_TEST
@@ -511,7 +618,7 @@ START_TEST (test_chunk_validation)
     /* statedir_open alone refuses it too, rather than writing a header
      * that the next open rejects. */
     errno = 0;
-    ck_assert_int_eq (statedir_open (&sd, sdpath, &o, bad[i]), -1);
+    ck_assert_int_eq (statedir_open (&sd, sdpath, &o, bad[i], false), -1);
     ck_assert_int_eq (errno, EINVAL);
     {
       char p[1024];
@@ -542,12 +649,12 @@ START_TEST (test_missing_parent)
 
   snprintf (p, sizeof p, "%s/no/such/dir", tmpdir);
   errno = 0;
-  ck_assert_int_eq (statedir_open (&sd, p, &o, 0), -1);
+  ck_assert_int_eq (statedir_open (&sd, p, &o, 0, false), -1);
   ck_assert_int_eq (errno, ENOENT);
   ck_assert_ptr_nonnull (strstr (last_error, p));
   /* A regular file where the directory should be. */
   errno = 0;
-  ck_assert_int_eq (statedir_open (&sd, img, &o, 0), -1);
+  ck_assert_int_eq (statedir_open (&sd, img, &o, 0, false), -1);
   ck_assert_int_eq (errno, ENOTDIR);
 }
 END_TEST
@@ -557,7 +664,7 @@ START_TEST (test_write_file)
   struct statedir sd;
   char p[1024];
 
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
   ck_assert_int_eq (statedir_write_file (&sd, "x", "one\n"), 0);
   ck_assert_str_eq (read_text (sdpath, "x"), "one\n");
   ck_assert_int_eq (statedir_write_file (&sd, "x", "two, longer\n"), 0);
@@ -595,6 +702,8 @@ statedir_suite (void)
     { "missing_header", test_missing_header },
     { "header_v1", test_header_v1 },
     { "resized", test_resized },
+    { "adopt", test_adopt },
+    { "abandon", test_abandon },
     { "other_image", test_other_image },
     { "chunk_differs", test_chunk_differs },
     { "malformed", test_malformed },
