@@ -120,6 +120,16 @@ struct args {
   struct ctl_session *s;
 };
 
+/* The word getopt was at when it stopped on an error: in "-xyz" it does
+ * not move optind before the cluster's last letter. */
+const char *
+ctl_bad_option (char **argv, int before)
+{
+  if (before < 1)               /* optind 0: glibc starts over at 1 */
+    before = 1;
+  return optind > before ? argv[optind - 1] : argv[optind];
+}
+
 /* Options of argv[optind..argc), up to the first non-option (getopt may
  * take a "--" that ends them: callers that care stop argc before it). */
 static int
@@ -137,10 +147,11 @@ parse_opts (int argc, char **argv, unsigned allowed, struct args *a)
     { NULL },
   };
   const char *cmd = argv[0];
-  int opt;
+  int opt, before;
 
   opterr = 0;
-  while ((opt = getopt_long (argc, argv, "+:t", longopts, NULL)) != -1) {
+  while (before = optind,
+         (opt = getopt_long (argc, argv, "+:t", longopts, NULL)) != -1) {
     unsigned need = opt == 't' ? ARG_TEMPORARY
       : opt == 'D' ? ARG_DELETE
       : opt == 'F' ? ARG_DELETE | ARG_ROLLBACK
@@ -151,9 +162,10 @@ parse_opts (int argc, char **argv, unsigned allowed, struct args *a)
 
     if (opt == ':')
       return ctl_usage ("%s: option %s needs an argument", cmd,
-                        argv[optind - 1]);
+                        ctl_bad_option (argv, before));
     if ((need & allowed) == 0)
-      return ctl_usage ("%s: unknown option %s", cmd, argv[optind - 1]);
+      return ctl_usage ("%s: unknown option %s", cmd,
+                        ctl_bad_option (argv, before));
     if ((opt == 'D' || opt == 'F') && (allowed & ARG_DELETE)
         && a->mode != PROTO_DELETE_NOW)
       return ctl_usage ("%s: --defer and --force exclude each other", cmd);
@@ -219,18 +231,21 @@ parse_args (int argc, char **argv, unsigned allowed, struct args *a)
   return 0;
 }
 
+typedef int (*print_fn) (struct ctl *c, json_t *resp);
+
 /* Print the response: --json as received, else via print (or nothing). */
-static void
-show (struct ctl *c, json_t *resp, void (*print) (json_t *))
+static int
+show (struct ctl *c, json_t *resp, print_fn print)
 {
   if (c->json)
     puts (c->line);
   else if (print)
-    print (resp);
+    return print (c, resp);
+  return 0;
 }
 
-static void
-print_flat (json_t *resp)
+static int
+print_flat (struct ctl *c, json_t *resp)
 {
   json_t *snap = json_object_get (resp, "snapshot");
   char state[96];
@@ -239,16 +254,17 @@ print_flat (json_t *resp)
     json_object_set_new (snap, "state",
                          json_string (ctl_state_text (snap, state,
                                                       sizeof state)));
-  ctl_print_flat (NULL, snap ? snap : resp);
+  return ctl_print_flat (c, NULL, snap ? snap : resp);
 }
 
-static void
-print_holds (json_t *resp)
+static int
+print_holds (struct ctl *c, json_t *resp)
 {
   ctl_print_value (stdout, json_object_get (resp, "name"));
   printf (": ");
   ctl_print_value (stdout, json_object_get (resp, "holds"));
   printf (" holds\n");
+  return 0;
 }
 
 /* A nowait job's answer. */
@@ -264,8 +280,8 @@ print_accepted (json_t *resp, const char *what)
   return true;
 }
 
-static void
-print_deleted (json_t *resp)
+static int
+print_deleted (struct ctl *c, json_t *resp)
 {
   const char *name = json_string_value (json_object_get (resp, "name"));
   json_int_t revoked = json_integer_value (json_object_get (resp, "revoked"));
@@ -273,7 +289,7 @@ print_deleted (json_t *resp)
   char size[32];
 
   if (print_accepted (resp, "delete"))
-    return;
+    return 0;
   if (json_is_true (json_object_get (resp, "deferred")))
     printf ("snapshot %s is deleting (deferred): it is deleted when its "
             "last client disconnects and its last hold is released\n",
@@ -287,10 +303,11 @@ print_deleted (json_t *resp)
             ctl_human_size (moved, size, sizeof size));
   else
     printf ("deleted snapshot %s\n", name ? name : "?");
+  return 0;
 }
 
-static void
-print_rolled_back (json_t *resp)
+static int
+print_rolled_back (struct ctl *c, json_t *resp)
 {
   const char *name = json_string_value (json_object_get (resp, "name"));
   json_int_t revoked = json_integer_value (json_object_get (resp, "revoked"));
@@ -299,7 +316,7 @@ print_rolled_back (json_t *resp)
   char size[32];
 
   if (print_accepted (resp, "rollback"))
-    return;
+    return 0;
   printf ("rolled back the origin to snapshot %s (%s written",
           name ? name : "?",
           ctl_human_size (json_object_get (resp, "rolled_back_bytes"), size,
@@ -318,6 +335,7 @@ print_rolled_back (json_t *resp)
     ctl_print_value (stdout, kept);
     printf ("\n");
   }
+  return 0;
 }
 
 /* A connection-owned create/hold, then the session that keeps it. */
@@ -397,7 +415,8 @@ run_command (struct ctl *c, int argc, char **argv)
   char req[NBDSNAP_ADMIN_LINE_MAX];
   struct ctl_session s = { .nbd_socket = getenv ("NBDSNAP_NBD_SOCKET") };
   struct args a = { .s = &s };
-  void (*print) (json_t *) = NULL;
+  print_fn print = NULL;
+  bool prometheus = false;
   json_t *resp;
   int status, k = proto_cmd_from_name (cmd);
   int n = NBDSNAP_ADMIN_LINE_MAX - 64;  /* longest name we pass on */
@@ -424,11 +443,22 @@ run_command (struct ctl *c, int argc, char **argv)
   switch (k) {
   case PROTO_CMD_HELLO: case PROTO_CMD_LIST: case PROTO_CMD_CLIENTS:
   case PROTO_CMD_STATS:
+    if (k == PROTO_CMD_STATS && argc > 1
+        && strcmp (argv[1], "--prometheus") == 0) {
+      prometheus = true;
+      argv++, argc--;
+    }
+    if (argc > 1 && argv[1][0] == '-' && argv[1][1] != '\0')
+      return ctl_usage ("%s: unknown option %s", cmd, argv[1]);
     if (argc > 1)
       return ctl_usage ("%s: takes no arguments", cmd);
     snprintf (req, sizeof req, "%s", cmd);
     print = k == PROTO_CMD_LIST ? ctl_print_list
-      : k == PROTO_CMD_CLIENTS ? ctl_print_clients : print_flat;
+      : k == PROTO_CMD_CLIENTS ? ctl_print_clients
+      : prometheus ? ctl_print_prometheus : print_flat;
+    if (prometheus && c->json)
+      return ctl_usage ("stats: --prometheus and --json exclude each "
+                        "other");
     break;
   case PROTO_CMD_INFO: case PROTO_CMD_RELEASE:
     if ((status = parse_args (argc, argv, 0, &a)))
@@ -480,7 +510,7 @@ run_command (struct ctl *c, int argc, char **argv)
     if (k == PROTO_CMD_CREATE && !c->json)
       printf ("created snapshot %s\n", a.name);
     else
-      show (c, resp, print);
+      status = show (c, resp, print);
     json_decref (resp);
   }
   return status;
@@ -493,48 +523,193 @@ quiet_log (const char *fmt, va_list args)
 {
 }
 
+/* The options every command takes, before or after it. */
+static const struct option global_longopts[] = {
+  { "socket", required_argument, NULL, 's' },
+  { "instance", required_argument, NULL, 'i' },
+  { "image", required_argument, NULL, 'I' },
+  { "json", no_argument, NULL, 'j' },
+  { "no-headings", no_argument, NULL, 'H' },
+  { "output", required_argument, NULL, 'o' },
+  { "parsable", no_argument, NULL, 'p' },
+  { "help", no_argument, NULL, 'h' },
+  { "version", no_argument, NULL, 'V' },
+  { NULL },
+};
+#define GLOBAL_SHORTOPTS "s:i:jHo:phV"
+
+/* Options of commands that take an argument: the word after them is
+ * theirs, not a global option. */
+static const char *const command_args[] = {
+  "--snapshot", "--nbd-socket", "--uri-base", "--since", "--connections",
+  "--from", NULL,
+};
+
+/* One global option.  Returns -1 to go on, else an exit status (-h and
+ * -V: 0). */
+static int
+global_opt (struct ctl *c, int opt, const char *arg)
+{
+  switch (opt) {
+  case 's': c->socket = arg; break;
+  case 'i': c->instance = arg; break;
+  case 'I': c->image = arg; break;
+  case 'j': c->json = true; break;
+  case 'H': c->no_headings = true; break;
+  case 'o': c->columns = arg; break;
+  case 'p': c->exact = true; break;
+  case 'h': usage (stdout); return NBDSNAPCTL_EXIT_OK;
+  case 'V':
+    printf ("nbdsnapctl %s (admin protocol %d)\n", PACKAGE_VERSION,
+            NBDSNAP_ADMIN_PROTOCOL);
+    return NBDSNAPCTL_EXIT_OK;
+  }
+  return -1;
+}
+
+/* Global options among a command's words (argv[1..argc), up to "--"):
+ * applied, and taken out of argv (*argc shrinks).  Returns -1 to go on,
+ * else an exit status. */
+static int
+global_opts_after (struct ctl *c, int *argc, char **argv)
+{
+  int i, j, out = 1, r;
+
+  for (i = 1; i < *argc; ++i) {
+    const char *w = argv[i], *arg = NULL;
+    int opt = 0;
+
+    if (strcmp (w, "--") == 0) {
+      while (i < *argc)
+        argv[out++] = argv[i++];
+      break;
+    }
+    for (j = 0; command_args[j]; ++j)
+      if (strcmp (w, command_args[j]) == 0)
+        break;
+    if (command_args[j] != NULL) {      /* keep it and its argument */
+      argv[out++] = argv[i];
+      if (i + 1 < *argc)
+        argv[out++] = argv[++i];
+      continue;
+    }
+    if (w[0] == '-' && w[1] == '-' && w[2] != '\0') {
+      size_t n = strcspn (w + 2, "=");
+
+      for (j = 0; global_longopts[j].name; ++j)
+        if (strlen (global_longopts[j].name) == n
+            && strncmp (global_longopts[j].name, w + 2, n) == 0)
+          break;
+      if (global_longopts[j].name != NULL) {
+        opt = global_longopts[j].val;
+        if (global_longopts[j].has_arg) {
+          if (w[2 + n] == '=')
+            arg = w + 3 + n;
+          else if (i + 1 < *argc)
+            arg = argv[++i];
+          else
+            return ctl_usage ("option %s needs an argument", w);
+        }
+        else if (w[2 + n] == '=')
+          return ctl_usage ("option --%.*s takes no argument", (int) n,
+                            w + 2);
+        if ((r = global_opt (c, opt, arg)) != -1)
+          return r;
+        continue;
+      }
+    }
+    else if (w[0] == '-' && w[1] != '\0' && strchr ("sio", w[1])) {
+      opt = w[1];
+      if (w[2] != '\0')
+        arg = w + 2;
+      else if (i + 1 < *argc)
+        arg = argv[++i];
+      else
+        return ctl_usage ("option %s needs an argument", w);
+      if ((r = global_opt (c, opt, arg)) != -1)
+        return r;
+      continue;
+    }
+    else if (w[0] == '-' && w[1] != '\0' && w[1] != '-'
+             && strspn (w + 1, "jHphV") == strlen (w + 1)) {
+      for (j = 1; w[j]; ++j)
+        if ((r = global_opt (c, w[j], NULL)) != -1)
+          return r;
+      continue;
+    }
+    argv[out++] = argv[i];
+  }
+  *argc = out;
+  argv[out] = NULL;
+  return -1;
+}
+
 int
 main (int argc, char **argv)
 {
-  static const struct option longopts[] = {
-    { "socket", required_argument, NULL, 's' },
-    { "json", no_argument, NULL, 'j' },
-    { "help", no_argument, NULL, 'h' },
-    { "version", no_argument, NULL, 'V' },
-    { NULL },
-  };
-  struct ctl c = { .socket = getenv ("NBDSNAP_SOCKET"), .fd = -1 };
-  int opt, status;
+  struct ctl c = { .fd = -1 };
+  int opt, status, before, nargs;
+  char **args = NULL;
 
   nbdsnap_set_log_handlers (quiet_log, quiet_log);
+  /* --json's error objects need to know it before anything can fail. */
+  for (opt = 1; opt < argc && strcmp (argv[opt], "--") != 0; ++opt)
+    if (strcmp (argv[opt], "--json") == 0 || strcmp (argv[opt], "-j") == 0)
+      c.json = true;
   opterr = 0;
-  while ((opt = getopt_long (argc, argv, "+:s:jhV", longopts, NULL)) != -1) {
-    switch (opt) {
-    case 's': c.socket = optarg; break;
-    case 'j': c.json = true; break;
-    case 'h': usage (stdout); return NBDSNAPCTL_EXIT_OK;
-    case 'V':
-      printf ("nbdsnapctl %s (admin protocol %d)\n", PACKAGE_VERSION,
-              NBDSNAP_ADMIN_PROTOCOL);
-      return NBDSNAPCTL_EXIT_OK;
-    case ':':
-      return ctl_usage ("option %s needs an argument", argv[optind - 1]);
-    default:
-      return ctl_usage ("unknown option %s", argv[optind - 1]);
+  for (;;) {
+    before = optind;
+    opt = getopt_long (argc, argv, "+:" GLOBAL_SHORTOPTS, global_longopts,
+                       NULL);
+    if (opt == -1)
+      break;
+    if (opt == ':') {
+      status = ctl_usage ("option %s needs an argument",
+                          ctl_bad_option (argv, before));
+      goto out;
     }
+    if (opt == '?') {
+      status = ctl_usage ("unknown option %s", ctl_bad_option (argv, before));
+      goto out;
+    }
+    if ((status = global_opt (&c, opt, optarg)) != -1)
+      goto out;
   }
-  if (optind >= argc)
-    return ctl_usage ("no command given");
-  if (c.socket == NULL || *c.socket == '\0')
-    return ctl_usage ("no admin socket: pass -s SOCKET or set "
-                      "NBDSNAP_SOCKET (the server's default is "
-                      "STATEDIR/admin.sock)");
+  if (optind >= argc) {
+    status = ctl_usage ("no command given");
+    goto out;
+  }
+  /* The command's words, without the global options among them. */
+  nargs = argc - optind;
+  args = calloc (nargs + 1, sizeof *args);
+  if (args == NULL) {
+    ctl_msg ("calloc: %m");
+    status = NBDSNAPCTL_EXIT_ERROR;
+    goto out;
+  }
+  memcpy (args, argv + optind, nargs * sizeof *args);
+  if ((status = global_opts_after (&c, &nargs, args)) != -1)
+    goto out;
+  if (c.socket != NULL && *c.socket == '\0') {
+    status = ctl_usage ("-s: an empty path");
+    goto out;
+  }
+  if ((c.socket != NULL) + (c.instance != NULL) + (c.image != NULL) > 1) {
+    status = ctl_usage ("-s, -i and --image exclude each other");
+    goto out;
+  }
+  if (c.socket != NULL)
+    c.socket_from = "-s";
 
-  status = run_command (&c, argc - optind, argv + optind);
-  ctl_close (&c);
+  status = run_command (&c, nargs, args);
+ out:
   if (fflush (stdout) == EOF && status == 0) {
     ctl_msg ("writing output: %m");
     status = NBDSNAPCTL_EXIT_ERROR;
   }
+  ctl_json_error (&c, status);
+  ctl_close (&c);
+  fflush (stdout);
+  free (args);
   return status;
 }
