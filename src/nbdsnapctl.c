@@ -6,9 +6,21 @@
  *   command builds one protocol request line (include/nbdsnap/admin.h)
  *   and prints the answer as a table or as the server's JSON (--json).
  *
- * - The socket comes from -s or $NBDSNAP_SOCKET, never from a guess: the
- *   default socket lives in the server's state directory, which only the
- *   server knows.
+ * - The socket comes from -s, -i INSTANCE (the systemd units' runtime
+ *   directory), --image IMAGE (the state directory the image's mark
+ *   names) or $NBDSNAP_SOCKET (ctl-client.c), never from a plain guess.
+ *
+ * - Global options (-s, -i, --image, -j, -H, -o, -p, -h, -V) may come
+ *   before the command, after it and after its arguments (up to "--"):
+ *   main takes the leading ones with getopt, global_opts_after the
+ *   others out of the command's words before the command parses them;
+ *   the words after a command's own option that takes an argument
+ *   (command_args) are left to it.  A bad option is named in the
+ *   message ("create: unknown option -bad", ctl_bad_option).
+ *
+ * - With --json every failure ends as one JSON object on stdout: the
+ *   server's error line, or (ctl_json_error, from main) one built from
+ *   the last message.
  *
  * - Exit statuses are the protocol's error kinds mapped by proto.c's table
  *   (NBDSNAPCTL_EXIT_*), so that "busy" or "not found" can be told apart
@@ -37,7 +49,7 @@ static void
 usage (FILE *fp)
 {
   fprintf (fp,
-"Usage: nbdsnapctl [-s SOCKET] [--json] COMMAND [ARGS...]\n"
+"Usage: nbdsnapctl [OPTIONS] COMMAND [ARGS...] [OPTIONS]\n"
 "\n"
 "Commands:\n"
 "  create NAME                       take a snapshot\n"
@@ -65,7 +77,8 @@ usage (FILE *fp)
 "                                    --nbd-socket PATH, --uri-base URI,\n"
 "                                    $NBDSNAP_NBD_SOCKET, else where the\n"
 "                                    server says it listens)\n"
-"  stats                             server counters\n"
+"  stats [--prometheus]              server counters (Prometheus text\n"
+"                                    format for node_exporter)\n"
 "  hello                             protocol and server version\n"
 "  shell                             protocol requests from stdin, one\n"
 "                                    connection, JSON answers\n"
@@ -78,15 +91,28 @@ usage (FILE *fp)
 "terminal (--json: as JSON lines); --no-wait returns once the server has\n"
 "accepted the job.\n"
 "\n"
-"Options:\n"
-"  -s, --socket SOCKET   admin socket (default: $NBDSNAP_SOCKET)\n"
-"  -j, --json            print the server's JSON responses\n"
+"Options (before or after the command):\n"
+"  -s, --socket SOCKET   admin socket\n"
+"  -i, --instance NAME   the socket of systemd unit nbdsnap@NAME\n"
+"                        (/run/nbdsnap/NAME/admin.sock)\n"
+"      --image IMAGE     the socket of IMAGE's server (its state\n"
+"                        directory); default: $NBDSNAP_SOCKET\n"
+"  -j, --json            print the server's JSON responses; any failure\n"
+"                        as one JSON error object\n"
+"  -H, --no-headings     tables without headings, tab-separated\n"
+"  -o, --output COLS     only these columns (list -o name,created)\n"
+"  -p, --parsable        exact bytes, times as epoch seconds\n"
 "  -h, --help            this help\n"
 "  -V, --version         print the version\n"
 "\n"
-"Exit status: 0 ok, 1 error, 2 usage, 3 server unreachable, 4 busy,\n"
-"5 not found, 6 invalid name, 7 already exists, 8 permission denied.\n"
-"See nbdsnapctl(1).\n");
+"Examples:\n"
+"  nbdsnapctl -i vm1 create nightly\n"
+"  nbdsnapctl list -i vm1 -H -p -o name,created,store\n"
+"  nbdsnapctl --image /var/lib/images/vm1.img stats --prometheus\n"
+"\n"
+"Exit status: 0 ok, 1 error, 2 usage, 3 server unreachable (or lost\n"
+"while CMD ran), 4 busy, 5 not found, 6 invalid name, 7 already exists,\n"
+"8 permission denied.  See nbdsnapctl(1).\n");
 }
 
 /* A name with a space would change the request's words: check it here. */
