@@ -146,14 +146,18 @@ struct args {
   struct ctl_session *s;
 };
 
-/* The word getopt was at when it stopped on an error: in "-xyz" it does
- * not move optind before the cluster's last letter. */
+/* The word getopt was at when it stopped on an error: an unknown letter
+ * of a cluster "-xyz" leaves optind on the cluster (unless it is the
+ * last letter), anything else moves it past the word. */
 const char *
-ctl_bad_option (char **argv, int before)
+ctl_bad_option (char **argv)
 {
-  if (before < 1)               /* optind 0: glibc starts over at 1 */
-    before = 1;
-  return optind > before ? argv[optind - 1] : argv[optind];
+  const char *w = argv[optind];
+
+  if (optopt != 0 && optind > 0 && w != NULL && w[0] == '-'
+      && w[1] != '-' && strchr (w + 1, optopt) != NULL)
+    return w;
+  return argv[optind > 0 ? optind - 1 : 0];
 }
 
 /* Options of argv[optind..argc), up to the first non-option (getopt may
@@ -173,11 +177,10 @@ parse_opts (int argc, char **argv, unsigned allowed, struct args *a)
     { NULL },
   };
   const char *cmd = argv[0];
-  int opt, before;
+  int opt;
 
   opterr = 0;
-  while (before = optind,
-         (opt = getopt_long (argc, argv, "+:t", longopts, NULL)) != -1) {
+  while ((opt = getopt_long (argc, argv, "+:t", longopts, NULL)) != -1) {
     unsigned need = opt == 't' ? ARG_TEMPORARY
       : opt == 'D' ? ARG_DELETE
       : opt == 'F' ? ARG_DELETE | ARG_ROLLBACK
@@ -188,10 +191,10 @@ parse_opts (int argc, char **argv, unsigned allowed, struct args *a)
 
     if (opt == ':')
       return ctl_usage ("%s: option %s needs an argument", cmd,
-                        ctl_bad_option (argv, before));
+                        ctl_bad_option (argv));
     if ((need & allowed) == 0)
       return ctl_usage ("%s: unknown option %s", cmd,
-                        ctl_bad_option (argv, before));
+                        ctl_bad_option (argv));
     if ((opt == 'D' || opt == 'F') && (allowed & ARG_DELETE)
         && a->mode != PROTO_DELETE_NOW)
       return ctl_usage ("%s: --defer and --force exclude each other", cmd);
@@ -674,7 +677,7 @@ int
 main (int argc, char **argv)
 {
   struct ctl c = { .fd = -1 };
-  int opt, status, before, nargs;
+  int opt, status, nargs;
   char **args = NULL;
 
   nbdsnap_set_log_handlers (quiet_log, quiet_log);
@@ -684,18 +687,17 @@ main (int argc, char **argv)
       c.json = true;
   opterr = 0;
   for (;;) {
-    before = optind;
     opt = getopt_long (argc, argv, "+:" GLOBAL_SHORTOPTS, global_longopts,
                        NULL);
     if (opt == -1)
       break;
     if (opt == ':') {
       status = ctl_usage ("option %s needs an argument",
-                          ctl_bad_option (argv, before));
+                          ctl_bad_option (argv));
       goto out;
     }
     if (opt == '?') {
-      status = ctl_usage ("unknown option %s", ctl_bad_option (argv, before));
+      status = ctl_usage ("unknown option %s", ctl_bad_option (argv));
       goto out;
     }
     if ((status = global_opt (&c, opt, optarg)) != -1)

@@ -175,9 +175,8 @@ extern char *ctl_nbd_uri (struct ctl *c, const struct ctl_session *s,
                           const char *export, int *status);
 
 /* nbdsnapctl.c: after getopt returned '?' or ':', the word it stopped at
- * ("-bad", not the command before it); before is optind before the call
- * (optind stays on a cluster of short options until its last letter). */
-extern const char *ctl_bad_option (char **argv, int before);
+ * ("-bad", not the command before it): for "unknown option %s". */
+extern const char *ctl_bad_option (char **argv);
 
 /* ctl-changes.c */
 /* An extent of a changes set; zero: the newer instant reads as zeros

@@ -76,6 +76,12 @@ expect 2 ctl list --force
 grep -q 'list: unknown option --force' "$tmpdir/err" || fail "list --force"
 expect 2 ctl delete s1 -t
 grep -q 'delete: unknown option -t' "$tmpdir/err" || fail "delete -t"
+for args in "backup -bad s1 $tmpdir/x" "send s1 -xyz" "receive -q"; do
+  expect 2 ctl $args
+  grep -q "^nbdsnapctl: ${args%% *}: unknown option $(echo "$args" |
+    grep -o -- ' -[a-z]*' | head -1 | tr -d ' ')" "$tmpdir/err" ||
+    fail "$args: $(cat "$tmpdir/err")"
+done
 expect 2 ctl list -o
 grep -q 'option -o needs an argument' "$tmpdir/err" || fail "-o alone"
 ctl list -H | grep -q '^s1' || fail "s1 gone after bad options"
