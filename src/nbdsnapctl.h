@@ -5,7 +5,8 @@
  *   ctl-client.c    also: finding the socket (-s, -i, --image,
  *                   $NBDSNAP_SOCKET), messages, --json error objects
  *   ctl-print.c     human-readable output (tables with -H/-o/-p), the
- *                   progress line, stats --prometheus
+ *                   progress line
+ *   ctl-prometheus.c stats --prometheus
  *   ctl-session.c   commands that keep the connection open (run, hold,
  *                   create --temporary) and the child command they run;
  *                   where the NBD server is (ctl_nbd_uri)
