@@ -8,8 +8,15 @@
  *   every field, flattened ("admin.connections: 2"), so new counters show
  *   up without a new nbdsnapctl.
  *
- * - Tables size their columns to their contents; sizes are in IEC units
- *   (K = 1024) in tables, exact byte counts in info and --json.
+ * - Tables (ctl_table, also used by the holds command) size their
+ *   columns to their contents; sizes are in IEC units (K = 1024) in
+ *   tables, exact byte counts in info and --json.  -H: no heading, cells
+ *   joined by one tab (a tab or newline in a cell becomes a space); -o:
+ *   the columns named, in that order, by heading, any case; -p: sizes in
+ *   bytes and RFC 3339 times as epoch seconds.  Hand-written rather than
+ *   libsmartcols: its raw mode escapes blanks ("\x20"), not zfs -H's
+ *   plain tab-separated fields, it buffers whole tables where changes
+ *   streams page by page, and its JSON mode would duplicate --json.
  *
  * - A snapshot's state is shown with what goes with it: the percentage of
  *   a delete moving chunks or of a rollback to it, or who keeps a
