@@ -1107,7 +1107,7 @@ ctl_backup (struct ctl *c, int argc, char **argv)
       return ctl_usage ("backup: option %s needs an argument",
                         argv[optind - 1]);
     default:
-      return ctl_usage ("backup: unknown option %s", argv[optind - 1]);
+      return ctl_usage ("backup: unknown option %s", ctl_bad_option (argv));
     }
   }
   if (argc - optind < 2)

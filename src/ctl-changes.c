@@ -11,7 +11,9 @@
  *   page; a caller that must not lose them between pages (backup, send)
  *   holds them on the same connection first.
  *
- * - The changes command prints as it goes: a table line per extent, or
+ * - The changes command prints as it goes: a table line per extent
+ *   (columns OFFSET, LENGTH, CONTENT; -o picks, -H drops the heading and
+ *   the summary line and separates fields with tabs), or
  *   with --json one JSON document whose "extents" array is written piece
  *   by piece (the same shape as one big answer would have).
  */
@@ -131,7 +133,33 @@ struct show {
                                            the first extent comes */
   bool started;
   uint64_t n;
+  size_t idx[CTL_COLUMNS_MAX], ncols;    /* -o's columns */
 };
+
+static const struct ctl_column columns[] = {
+  { "OFFSET", "offset", CTL_COL_INT }, { "LENGTH", "length", CTL_COL_INT },
+  { "CONTENT", "zero", CTL_COL_STR },
+};
+
+/* One row: the selected columns of these cells. */
+static void
+show_row (struct show *s, const char *const cells[3])
+{
+  size_t k;
+
+  for (k = 0; k < s->ncols; ++k) {
+    size_t i = s->idx[k];
+    bool last = k + 1 == s->ncols;
+
+    if (s->c->no_headings)
+      printf ("%s%s", cells[i], last ? "\n" : "\t");
+    else if (i == 2)
+      printf ("%s%s", cells[i], last ? "\n" : "  ");
+    else
+      printf ("%18s%s", cells[i], last ? "\n" : k + 1 < s->ncols
+              && s->idx[k + 1] != 2 ? " " : "  ");
+  }
+}
 
 static void
 show_start (struct show *s)
@@ -149,8 +177,10 @@ show_start (struct show *s)
     if (text != NULL)
       printf ("%.*s,\"extents\":[", (int) strlen (text) - 1, text);
   }
-  else
-    printf ("%18s %18s  %s\n", "OFFSET", "LENGTH", "CONTENT");
+  else if (!s->c->no_headings) {
+    const char *const titles[3] = { "OFFSET", "LENGTH", "CONTENT" };
+    show_row (s, titles);
+  }
   free (text);
   json_decref (head);
 }
@@ -166,9 +196,14 @@ show_extent (void *opaque, uint64_t offset, uint64_t length, bool zero)
     printf ("%s{\"offset\":%" PRIu64 ",\"length\":%" PRIu64
             ",\"zero\":%s}", s->n ? "," : "", offset, length,
             zero ? "true" : "false");
-  else
-    printf ("%18" PRIu64 " %18" PRIu64 "  %s\n", offset, length,
-            zero ? "zero" : "data");
+  else {
+    char off[24], len[24];
+    const char *const cells[3] = { off, len, zero ? "zero" : "data" };
+
+    snprintf (off, sizeof off, "%" PRIu64, offset);
+    snprintf (len, sizeof len, "%" PRIu64, length);
+    show_row (s, cells);
+  }
   s->n++;
   return ferror (stdout) ? NBDSNAPCTL_EXIT_ERROR : 0;
 }
@@ -186,6 +221,14 @@ show_end (struct show *s)
     printf ("],\"changed_bytes\":%" PRIu64 ",\"zero_bytes\":%" PRIu64
             ",\"extent_count\":%" PRIu64 "}\n", info->changed_bytes,
             info->zero_bytes, info->extents);
+    return;
+  }
+  if (s->c->no_headings)
+    return;
+  if (s->c->exact) {
+    printf ("%" PRIu64 " extents, %" PRIu64 " bytes changed (of which %"
+            PRIu64 " zero) of %" PRIu64 "\n", info->extents,
+            info->changed_bytes, info->zero_bytes, info->size);
     return;
   }
   jsize = json_integer ((json_int_t) info->size);
@@ -230,6 +273,8 @@ ctl_changes (struct ctl *c, int argc, char **argv)
     }
   s.a = names[0];
   s.b = names[1];
+  if ((status = ctl_table_select (c, columns, 3, s.idx, &s.ncols)) != 0)
+    return status;
   status = ctl_changes_each (c, s.a, s.b, show_extent, &s, &info);
   if (status != 0)
     return status;        /* what was printed stops short: the status says */

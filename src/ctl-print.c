@@ -8,8 +8,15 @@
  *   every field, flattened ("admin.connections: 2"), so new counters show
  *   up without a new nbdsnapctl.
  *
- * - Tables size their columns to their contents; sizes are in IEC units
- *   (K = 1024) in tables, exact byte counts in info and --json.
+ * - Tables (ctl_table, also used by the holds command) size their
+ *   columns to their contents; sizes are in IEC units (K = 1024) in
+ *   tables, exact byte counts in info and --json.  -H: no heading, cells
+ *   joined by one tab (a tab or newline in a cell becomes a space); -o:
+ *   the columns named, in that order, by heading, any case; -p: sizes in
+ *   bytes and RFC 3339 times as epoch seconds.  Hand-written rather than
+ *   libsmartcols: its raw mode escapes blanks ("\x20"), not zfs -H's
+ *   plain tab-separated fields, it buffers whole tables where changes
+ *   streams page by page, and its JSON mode would duplicate --json.
  *
  * - A snapshot's state is shown with what goes with it: the percentage of
  *   a delete moving chunks or of a rollback to it, or who keeps a
@@ -23,23 +30,16 @@
 #include <config.h>
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "nbdsnapctl.h"
 
 #define CELL_MAX 96
-
-enum col_kind { COL_STR, COL_INT, COL_SIZE, COL_BOOL, COL_EXPORT,
-                COL_STATE };
-
-struct column {
-  const char *header;
-  const char *key;
-  enum col_kind kind;
-};
 
 const char *
 ctl_human_size (json_t *v, char *buf, size_t len)
@@ -61,6 +61,25 @@ ctl_human_size (json_t *v, char *buf, size_t len)
   }
   snprintf (buf, len, d < 10 ? "%.1f%c" : "%.0f%c", d, units[u]);
   return buf;
+}
+
+long long
+ctl_epoch (const char *s)
+{
+  struct tm tm = { 0 };
+  const char *end;
+
+  if (s == NULL)
+    return -1;
+  end = strptime (s, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (end == NULL)
+    return -1;
+  if (*end == '.')              /* fractions of a second: dropped */
+    for (end++; *end >= '0' && *end <= '9'; ++end)
+      ;
+  if (strcmp (end, "Z") != 0 && strcmp (end, "+00:00") != 0)
+    return -1;
+  return (long long) timegm (&tm);
 }
 
 void
@@ -98,50 +117,179 @@ ctl_print_value (FILE *fp, json_t *v)
   }
 }
 
-/* Walk obj: print (or, if width is NULL, measure) "key: value" lines. */
-static void
-flat (const char *prefix, json_t *obj, int *width, int w)
+/* The "key: value" lines of a flattened object. */
+struct flat {
+  struct ctl *c;
+  char **keys;                  /* flattened names */
+  json_t **vals;
+  size_t n, cap;
+};
+
+static int
+flat_collect (struct flat *f, const char *prefix, json_t *obj)
 {
   const char *key;
   json_t *v;
 
   json_object_foreach (obj, key, v) {
-    char name[256], label[258];
+    char *name;
 
     if (prefix == NULL && strcmp (key, "ok") == 0)
       continue;
-    snprintf (name, sizeof name, "%s%s%s", prefix ? prefix : "",
-              prefix ? "." : "", key);
-    if (json_is_object (v))
-      flat (name, v, width, w);
-    else if (width != NULL) {
-      if ((int) strlen (name) > *width)
-        *width = strlen (name);
+    if (asprintf (&name, "%s%s%s", prefix ? prefix : "", prefix ? "." : "",
+                  key) == -1)
+      return -1;
+    if (json_is_object (v)) {
+      int r = flat_collect (f, name, v);
+      free (name);
+      if (r == -1)
+        return -1;
+      continue;
     }
-    else {
-      snprintf (label, sizeof label, "%s:", name);
-      printf ("%-*s ", w + 1, label);
-      ctl_print_value (stdout, v);
-      putchar ('\n');
+    if (f->n == f->cap) {
+      size_t cap = f->cap ? f->cap * 2 : 32;
+      char **k = realloc (f->keys, cap * sizeof *k);
+      json_t **vv = k ? realloc (f->vals, cap * sizeof *vv) : NULL;
+
+      if (k)
+        f->keys = k;
+      if (vv == NULL) {
+        free (name);
+        return -1;
+      }
+      f->vals = vv;
+      f->cap = cap;
     }
+    f->keys[f->n] = name;
+    f->vals[f->n++] = v;
   }
+  return 0;
 }
 
-void
-ctl_print_flat (const char *prefix, json_t *obj)
+/* Is name one of -o's comma-separated words (case-insensitive)? */
+static bool
+selected (const char *list, const char *name)
 {
-  int w = 0;
+  size_t n = strlen (name);
+  const char *p = list;
 
-  flat (prefix, obj, &w, 0);
-  flat (prefix, obj, NULL, w);
+  while (*p) {
+    size_t w = strcspn (p, ",");
+
+    if (w == n && strncasecmp (p, name, n) == 0)
+      return true;
+    p += w;
+    if (*p == ',')
+      p++;
+  }
+  return false;
+}
+
+/* -o's words that name none of the n names: a usage error listing them. */
+static int
+check_columns (const char *list, const char *const *names, size_t n,
+               const char *what)
+{
+  const char *p = list;
+  size_t i;
+
+  while (*p) {
+    size_t w = strcspn (p, ",");
+    bool found = false;
+
+    for (i = 0; i < n && !found; ++i)
+      found = strlen (names[i]) == w && strncasecmp (p, names[i], w) == 0;
+    if (!found) {
+      char valid[2048] = "";
+      size_t len = 0;
+
+      for (i = 0; i < n && len < sizeof valid; ++i)
+        len += snprintf (valid + len, sizeof valid - len, "%s%s",
+                         i ? "," : "", names[i]);
+      return ctl_usage ("-o: unknown %s '%.*s' (valid: %s)", what, (int) w,
+                        p, valid);
+    }
+    p += w;
+    if (*p == ',')
+      p++;
+  }
+  return 0;
+}
+
+/* A value as text: -p turns RFC 3339 times into epoch seconds. */
+static void
+flat_value (struct ctl *c, json_t *v)
+{
+  long long t;
+
+  if (c->exact && json_is_string (v)
+      && (t = ctl_epoch (json_string_value (v))) != -1)
+    printf ("%lld", t);
+  else
+    ctl_print_value (stdout, v);
+}
+
+int
+ctl_print_flat (struct ctl *c, const char *prefix, json_t *obj)
+{
+  struct flat f = { .c = c };
+  const char *p;
+  size_t i, k;
+  int w = 0, status = 0;
+
+  if (flat_collect (&f, prefix, obj) == -1) {
+    ctl_msg ("out of memory");
+    status = NBDSNAPCTL_EXIT_ERROR;
+    goto out;
+  }
+  if (c->columns != NULL
+      && (status = check_columns (c->columns, (const char *const *) f.keys,
+                                  f.n, "field")) != 0)
+    goto out;
+  for (i = 0; i < f.n; ++i)
+    if ((int) strlen (f.keys[i]) > w
+        && (c->columns == NULL || selected (c->columns, f.keys[i])))
+      w = strlen (f.keys[i]);
+  /* In -o's order when given, else the object's. */
+  p = c->columns;
+  for (k = 0; c->columns ? *p != '\0' : k < f.n; ++k) {
+    size_t j = k;
+
+    if (c->columns) {
+      size_t len = strcspn (p, ",");
+
+      for (j = 0; j < f.n; ++j)
+        if (strlen (f.keys[j]) == len && strncasecmp (p, f.keys[j], len) == 0)
+          break;
+      p += len;
+      if (*p == ',')
+        p++;
+      if (j == f.n)
+        continue;
+    }
+    if (c->no_headings)
+      printf ("%s\t", f.keys[j]);
+    else
+      printf ("%s:%*s ", f.keys[j], w - (int) strlen (f.keys[j]), "");
+    flat_value (c, f.vals[j]);
+    putchar ('\n');
+  }
+ out:
+  for (i = 0; i < f.n; ++i)
+    free (f.keys[i]);
+  free (f.keys);
+  free (f.vals);
+  return status;
 }
 
 static void
-cell (char *buf, const struct column *col, json_t *row)
+cell (struct ctl *c, char *buf, const struct ctl_column *col, json_t *row)
 {
   json_t *v = json_object_get (row, col->key);
+  long long t;
+  char *p;
 
-  if (col->kind == COL_STATE) {
+  if (col->kind == CTL_COL_STATE) {
     ctl_state_text (row, buf, CELL_MAX);
     return;
   }
@@ -150,98 +298,159 @@ cell (char *buf, const struct column *col, json_t *row)
     return;
   }
   switch (col->kind) {
-  case COL_SIZE:
-    {
+  case CTL_COL_SIZE:
+    if (!c->exact) {
       char tmp[32];
       snprintf (buf, CELL_MAX, "%s", ctl_human_size (v, tmp, sizeof tmp));
+      break;
     }
-    break;
-  case COL_BOOL:
+    goto plain;
+  case CTL_COL_BOOL:
     strcpy (buf, json_is_true (v) ? "yes" : "no");
     break;
-  case COL_EXPORT:
+  case CTL_COL_TIME:
+    if (c->exact && (t = ctl_epoch (json_string_value (v))) != -1) {
+      snprintf (buf, CELL_MAX, "%lld", t);
+      break;
+    }
+    goto plain;
+  case CTL_COL_EXPORT:
     if (json_is_string (v) && json_string_length (v) == 0) {
       strcpy (buf, "(origin)");
       break;
     }
     /* fall through */
-  case COL_STR:
-  case COL_INT:
-  case COL_STATE:
+  case CTL_COL_STR:
+  case CTL_COL_INT:
+  case CTL_COL_STATE:
+  plain:
     if (json_is_string (v))
       snprintf (buf, CELL_MAX, "%s", json_string_value (v));
     else if (json_is_integer (v))
       snprintf (buf, CELL_MAX, "%" JSON_INTEGER_FORMAT,
                 json_integer_value (v));
+    else if (json_is_boolean (v))
+      strcpy (buf, json_is_true (v) ? "yes" : "no");
     else
       strcpy (buf, "?");
     break;
   }
+  /* -H's fields are tab-separated lines: keep them so. */
+  for (p = buf; *p; ++p)
+    if (*p == '\t' || *p == '\n' || *p == '\r')
+      *p = ' ';
 }
 
-/* Print the objects of rows as a table with these columns. */
-static void
-table (const struct column *cols, size_t ncols, json_t *rows)
+int
+ctl_table_select (struct ctl *c, const struct ctl_column *cols, size_t ncols,
+                  size_t *idx, size_t *n)
 {
-  size_t nrows = json_array_size (rows), r, k;
-  char (*cells)[CELL_MAX] = calloc ((nrows + 1) * ncols, CELL_MAX);
-  int width[16] = { 0 };
+  const char *names[CTL_COLUMNS_MAX];
+  const char *p;
+  size_t k;
+  int status;
 
-  if (cells == NULL || ncols > 16) {
-    ctl_msg ("out of memory");
-    free (cells);
-    return;
+  if (ncols > CTL_COLUMNS_MAX)
+    ncols = CTL_COLUMNS_MAX;
+  *n = 0;
+  if (c->columns == NULL) {
+    for (k = 0; k < ncols; ++k)
+      idx[(*n)++] = k;
+    return 0;
   }
   for (k = 0; k < ncols; ++k)
-    snprintf (cells[k], CELL_MAX, "%s", cols[k].header);
+    names[k] = cols[k].header;
+  if (*c->columns == '\0')
+    return ctl_usage ("-o: no column named");
+  if ((status = check_columns (c->columns, names, ncols, "column")) != 0)
+    return status;
+  for (p = c->columns; *p && *n < CTL_COLUMNS_MAX; ) {
+    size_t w = strcspn (p, ",");
+
+    for (k = 0; k < ncols; ++k)
+      if (strlen (cols[k].header) == w
+          && strncasecmp (p, cols[k].header, w) == 0) {
+        idx[(*n)++] = k;
+        break;
+      }
+    p += w;
+    if (*p == ',')
+      p++;
+  }
+  return 0;
+}
+
+int
+ctl_table (struct ctl *c, const struct ctl_column *cols, size_t ncols,
+           json_t *rows)
+{
+  size_t nrows = json_array_size (rows), r, k, idx[CTL_COLUMNS_MAX], n;
+  char (*cells)[CELL_MAX];
+  int width[CTL_COLUMNS_MAX] = { 0 }, status;
+
+  if ((status = ctl_table_select (c, cols, ncols, idx, &n)) != 0)
+    return status;
+  cells = calloc ((nrows + 1) * n + 1, CELL_MAX);
+  if (cells == NULL) {
+    ctl_msg ("out of memory");
+    return NBDSNAPCTL_EXIT_ERROR;
+  }
+  for (k = 0; k < n; ++k)
+    snprintf (cells[k], CELL_MAX, "%s", cols[idx[k]].header);
   for (r = 0; r < nrows; ++r)
-    for (k = 0; k < ncols; ++k)
-      cell (cells[(r + 1) * ncols + k], &cols[k], json_array_get (rows, r));
+    for (k = 0; k < n; ++k)
+      cell (c, cells[(r + 1) * n + k], &cols[idx[k]],
+            json_array_get (rows, r));
   for (r = 0; r <= nrows; ++r)
-    for (k = 0; k < ncols; ++k)
-      if ((int) strlen (cells[r * ncols + k]) > width[k])
-        width[k] = strlen (cells[r * ncols + k]);
-  for (r = 0; r <= nrows; ++r) {
-    for (k = 0; k < ncols; ++k) {
-      const char *s = cells[r * ncols + k];
-      if (k + 1 == ncols)
+    for (k = 0; k < n; ++k)
+      if ((int) strlen (cells[r * n + k]) > width[k])
+        width[k] = strlen (cells[r * n + k]);
+  for (r = c->no_headings ? 1 : 0; r <= nrows; ++r) {
+    for (k = 0; k < n; ++k) {
+      const char *s = cells[r * n + k];
+      enum ctl_col_kind kind = cols[idx[k]].kind;
+
+      if (c->no_headings)
+        printf ("%s%c", s, k + 1 == n ? '\n' : '\t');
+      else if (k + 1 == n && (kind != CTL_COL_INT && kind != CTL_COL_SIZE))
         printf ("%s\n", s);
-      else if (cols[k].kind == COL_STR || cols[k].kind == COL_EXPORT
-               || cols[k].kind == COL_BOOL || cols[k].kind == COL_STATE)
-        printf ("%-*s  ", width[k], s);
+      else if (kind == CTL_COL_INT || kind == CTL_COL_SIZE)
+        printf ("%*s%s", width[k], s, k + 1 == n ? "\n" : "  ");
       else
-        printf ("%*s  ", width[k], s);
+        printf ("%-*s  ", width[k], s);
     }
   }
   free (cells);
+  return 0;
 }
 
-void
-ctl_print_list (json_t *resp)
+int
+ctl_print_list (struct ctl *c, json_t *resp)
 {
-  static const struct column cols[] = {
-    { "NAME", "name", COL_STR }, { "CREATED", "created", COL_STR },
-    { "STATE", "state", COL_STATE }, { "TEMP", "temporary", COL_BOOL },
-    { "CLIENTS", "clients", COL_INT }, { "HOLDS", "holds", COL_INT },
-    { "COPIED", "chunks_copied", COL_INT },
-    { "STORE", "store_bytes", COL_SIZE },
+  static const struct ctl_column cols[] = {
+    { "NAME", "name", CTL_COL_STR }, { "CREATED", "created", CTL_COL_TIME },
+    { "STATE", "state", CTL_COL_STATE },
+    { "TEMP", "temporary", CTL_COL_BOOL },
+    { "CLIENTS", "clients", CTL_COL_INT }, { "HOLDS", "holds", CTL_COL_INT },
+    { "COPIED", "chunks_copied", CTL_COL_INT },
+    { "STORE", "store_bytes", CTL_COL_SIZE },
   };
-  table (cols, sizeof cols / sizeof cols[0],
-         json_object_get (resp, "snapshots"));
+  return ctl_table (c, cols, sizeof cols / sizeof cols[0],
+                    json_object_get (resp, "snapshots"));
 }
 
-void
-ctl_print_clients (json_t *resp)
+int
+ctl_print_clients (struct ctl *c, json_t *resp)
 {
-  static const struct column cols[] = {
-    { "ID", "id", COL_INT }, { "EXPORT", "export", COL_EXPORT },
-    { "PEER", "peer", COL_STR }, { "STARTED", "started", COL_STR },
-    { "READ", "bytes_read", COL_SIZE },
-    { "WRITTEN", "bytes_written", COL_SIZE },
-    { "REVOKED", "revoked", COL_BOOL },
+  static const struct ctl_column cols[] = {
+    { "ID", "id", CTL_COL_INT }, { "EXPORT", "export", CTL_COL_EXPORT },
+    { "PEER", "peer", CTL_COL_STR }, { "STARTED", "started", CTL_COL_TIME },
+    { "READ", "bytes_read", CTL_COL_SIZE },
+    { "WRITTEN", "bytes_written", CTL_COL_SIZE },
+    { "REVOKED", "revoked", CTL_COL_BOOL },
   };
-  table (cols, sizeof cols / sizeof cols[0],
-         json_object_get (resp, "clients"));
+  return ctl_table (c, cols, sizeof cols / sizeof cols[0],
+                    json_object_get (resp, "clients"));
 }
 
 /* done/total as a whole percentage, never 100 before the end. */

@@ -131,7 +131,7 @@ stream_parse_args (int argc, char **argv, bool send, struct stream_args *a)
     switch (opt) {
     case 'f':
       if (!send)
-        return ctl_usage ("%s: unknown option %s", cmd, argv[optind - 1]);
+        return ctl_usage ("%s: unknown option %s", cmd, ctl_bad_option (argv));
       a->from = optarg;
       break;
     case 'N': a->s.nbd_socket = optarg; break;
@@ -140,7 +140,7 @@ stream_parse_args (int argc, char **argv, bool send, struct stream_args *a)
       return ctl_usage ("%s: option %s needs an argument", cmd,
                         argv[optind - 1]);
     default:
-      return ctl_usage ("%s: unknown option %s", cmd, argv[optind - 1]);
+      return ctl_usage ("%s: unknown option %s", cmd, ctl_bad_option (argv));
     }
   }
   if (!send) {

@@ -6,9 +6,21 @@
  *   command builds one protocol request line (include/nbdsnap/admin.h)
  *   and prints the answer as a table or as the server's JSON (--json).
  *
- * - The socket comes from -s or $NBDSNAP_SOCKET, never from a guess: the
- *   default socket lives in the server's state directory, which only the
- *   server knows.
+ * - The socket comes from -s, -i INSTANCE (the systemd units' runtime
+ *   directory), --image IMAGE (the state directory the image's mark
+ *   names) or $NBDSNAP_SOCKET (ctl-client.c), never from a plain guess.
+ *
+ * - Global options (-s, -i, --image, -j, -H, -o, -p, -h, -V) may come
+ *   before the command, after it and after its arguments (up to "--"):
+ *   main takes the leading ones with getopt, global_opts_after the
+ *   others out of the command's words before the command parses them;
+ *   the words after a command's own option that takes an argument
+ *   (command_args) are left to it.  A bad option is named in the
+ *   message ("create: unknown option -bad", ctl_bad_option).
+ *
+ * - With --json every failure ends as one JSON object on stdout: the
+ *   server's error line, or (ctl_json_error, from main) one built from
+ *   the last message.
  *
  * - Exit statuses are the protocol's error kinds mapped by proto.c's table
  *   (NBDSNAPCTL_EXIT_*), so that "busy" or "not found" can be told apart
@@ -37,7 +49,7 @@ static void
 usage (FILE *fp)
 {
   fprintf (fp,
-"Usage: nbdsnapctl [-s SOCKET] [--json] COMMAND [ARGS...]\n"
+"Usage: nbdsnapctl [OPTIONS] COMMAND [ARGS...] [OPTIONS]\n"
 "\n"
 "Commands:\n"
 "  create NAME                       take a snapshot\n"
@@ -68,7 +80,8 @@ usage (FILE *fp)
 "                                    --nbd-socket PATH, --uri-base URI,\n"
 "                                    $NBDSNAP_NBD_SOCKET, else where the\n"
 "                                    server says it listens)\n"
-"  stats                             server counters\n"
+"  stats [--prometheus]              server counters (Prometheus text\n"
+"                                    format for node_exporter)\n"
 "  hello                             protocol and server version\n"
 "  shell                             protocol requests from stdin, one\n"
 "                                    connection, JSON answers\n"
@@ -81,15 +94,28 @@ usage (FILE *fp)
 "terminal (--json: as JSON lines); --no-wait returns once the server has\n"
 "accepted the job.\n"
 "\n"
-"Options:\n"
-"  -s, --socket SOCKET   admin socket (default: $NBDSNAP_SOCKET)\n"
-"  -j, --json            print the server's JSON responses\n"
+"Options (before or after the command):\n"
+"  -s, --socket SOCKET   admin socket\n"
+"  -i, --instance NAME   the socket of systemd unit nbdsnap@NAME\n"
+"                        (/run/nbdsnap/NAME/admin.sock)\n"
+"      --image IMAGE     the socket of IMAGE's server (its state\n"
+"                        directory); default: $NBDSNAP_SOCKET\n"
+"  -j, --json            print the server's JSON responses; any failure\n"
+"                        as one JSON error object\n"
+"  -H, --no-headings     tables without headings, tab-separated\n"
+"  -o, --output COLS     only these columns (list -o name,created)\n"
+"  -p, --parsable        exact bytes, times as epoch seconds\n"
 "  -h, --help            this help\n"
 "  -V, --version         print the version\n"
 "\n"
-"Exit status: 0 ok, 1 error, 2 usage, 3 server unreachable, 4 busy,\n"
-"5 not found, 6 invalid name, 7 already exists, 8 permission denied.\n"
-"See nbdsnapctl(1).\n");
+"Examples:\n"
+"  nbdsnapctl -i vm1 create nightly\n"
+"  nbdsnapctl list -i vm1 -H -p -o name,created,store\n"
+"  nbdsnapctl --image /var/lib/images/vm1.img stats --prometheus\n"
+"\n"
+"Exit status: 0 ok, 1 error, 2 usage, 3 server unreachable (or lost\n"
+"while CMD ran), 4 busy, 5 not found, 6 invalid name, 7 already exists,\n"
+"8 permission denied.  See nbdsnapctl(1).\n");
 }
 
 /* A name with a space would change the request's words: check it here. */
@@ -123,6 +149,20 @@ struct args {
   struct ctl_session *s;
 };
 
+/* The word getopt was at when it stopped on an error: an unknown letter
+ * of a cluster "-xyz" leaves optind on the cluster (unless it is the
+ * last letter), anything else moves it past the word. */
+const char *
+ctl_bad_option (char **argv)
+{
+  const char *w = argv[optind];
+
+  if (optopt != 0 && optind > 0 && w != NULL && w[0] == '-'
+      && w[1] != '-' && strchr (w + 1, optopt) != NULL)
+    return w;
+  return argv[optind > 0 ? optind - 1 : 0];
+}
+
 /* Options of argv[optind..argc), up to the first non-option (getopt may
  * take a "--" that ends them: callers that care stop argc before it). */
 static int
@@ -154,9 +194,10 @@ parse_opts (int argc, char **argv, unsigned allowed, struct args *a)
 
     if (opt == ':')
       return ctl_usage ("%s: option %s needs an argument", cmd,
-                        argv[optind - 1]);
+                        ctl_bad_option (argv));
     if ((need & allowed) == 0)
-      return ctl_usage ("%s: unknown option %s", cmd, argv[optind - 1]);
+      return ctl_usage ("%s: unknown option %s", cmd,
+                        ctl_bad_option (argv));
     if ((opt == 'D' || opt == 'F') && (allowed & ARG_DELETE)
         && a->mode != PROTO_DELETE_NOW)
       return ctl_usage ("%s: --defer and --force exclude each other", cmd);
@@ -222,18 +263,21 @@ parse_args (int argc, char **argv, unsigned allowed, struct args *a)
   return 0;
 }
 
+typedef int (*print_fn) (struct ctl *c, json_t *resp);
+
 /* Print the response: --json as received, else via print (or nothing). */
-static void
-show (struct ctl *c, json_t *resp, void (*print) (json_t *))
+static int
+show (struct ctl *c, json_t *resp, print_fn print)
 {
   if (c->json)
     puts (c->line);
   else if (print)
-    print (resp);
+    return print (c, resp);
+  return 0;
 }
 
-static void
-print_flat (json_t *resp)
+static int
+print_flat (struct ctl *c, json_t *resp)
 {
   json_t *snap = json_object_get (resp, "snapshot");
   char state[96];
@@ -242,16 +286,17 @@ print_flat (json_t *resp)
     json_object_set_new (snap, "state",
                          json_string (ctl_state_text (snap, state,
                                                       sizeof state)));
-  ctl_print_flat (NULL, snap ? snap : resp);
+  return ctl_print_flat (c, NULL, snap ? snap : resp);
 }
 
-static void
-print_holds (json_t *resp)
+static int
+print_holds (struct ctl *c, json_t *resp)
 {
   ctl_print_value (stdout, json_object_get (resp, "name"));
   printf (": ");
   ctl_print_value (stdout, json_object_get (resp, "holds"));
   printf (" holds\n");
+  return 0;
 }
 
 /* A nowait job's answer. */
@@ -267,8 +312,8 @@ print_accepted (json_t *resp, const char *what)
   return true;
 }
 
-static void
-print_deleted (json_t *resp)
+static int
+print_deleted (struct ctl *c, json_t *resp)
 {
   const char *name = json_string_value (json_object_get (resp, "name"));
   json_int_t revoked = json_integer_value (json_object_get (resp, "revoked"));
@@ -276,7 +321,7 @@ print_deleted (json_t *resp)
   char size[32];
 
   if (print_accepted (resp, "delete"))
-    return;
+    return 0;
   if (json_is_true (json_object_get (resp, "deferred")))
     printf ("snapshot %s is deleting (deferred): it is deleted when its "
             "last client disconnects and its last hold is released\n",
@@ -290,10 +335,11 @@ print_deleted (json_t *resp)
             ctl_human_size (moved, size, sizeof size));
   else
     printf ("deleted snapshot %s\n", name ? name : "?");
+  return 0;
 }
 
-static void
-print_rolled_back (json_t *resp)
+static int
+print_rolled_back (struct ctl *c, json_t *resp)
 {
   const char *name = json_string_value (json_object_get (resp, "name"));
   json_int_t revoked = json_integer_value (json_object_get (resp, "revoked"));
@@ -302,7 +348,7 @@ print_rolled_back (json_t *resp)
   char size[32];
 
   if (print_accepted (resp, "rollback"))
-    return;
+    return 0;
   printf ("rolled back the origin to snapshot %s (%s written",
           name ? name : "?",
           ctl_human_size (json_object_get (resp, "rolled_back_bytes"), size,
@@ -321,6 +367,7 @@ print_rolled_back (json_t *resp)
     ctl_print_value (stdout, kept);
     printf ("\n");
   }
+  return 0;
 }
 
 /* A connection-owned create/hold, then the session that keeps it. */
@@ -400,7 +447,8 @@ run_command (struct ctl *c, int argc, char **argv)
   char req[NBDSNAP_ADMIN_LINE_MAX];
   struct ctl_session s = { .nbd_socket = getenv ("NBDSNAP_NBD_SOCKET") };
   struct args a = { .s = &s };
-  void (*print) (json_t *) = NULL;
+  print_fn print = NULL;
+  bool prometheus = false;
   json_t *resp;
   int status, k = proto_cmd_from_name (cmd);
   int n = NBDSNAP_ADMIN_LINE_MAX - 64;  /* longest name we pass on */
@@ -429,11 +477,22 @@ run_command (struct ctl *c, int argc, char **argv)
   switch (k) {
   case PROTO_CMD_HELLO: case PROTO_CMD_LIST: case PROTO_CMD_CLIENTS:
   case PROTO_CMD_STATS:
+    if (k == PROTO_CMD_STATS && argc > 1
+        && strcmp (argv[1], "--prometheus") == 0) {
+      prometheus = true;
+      argv++, argc--;
+    }
+    if (argc > 1 && argv[1][0] == '-' && argv[1][1] != '\0')
+      return ctl_usage ("%s: unknown option %s", cmd, argv[1]);
     if (argc > 1)
       return ctl_usage ("%s: takes no arguments", cmd);
     snprintf (req, sizeof req, "%s", cmd);
     print = k == PROTO_CMD_LIST ? ctl_print_list
-      : k == PROTO_CMD_CLIENTS ? ctl_print_clients : print_flat;
+      : k == PROTO_CMD_CLIENTS ? ctl_print_clients
+      : prometheus ? ctl_print_prometheus : print_flat;
+    if (prometheus && c->json)
+      return ctl_usage ("stats: --prometheus and --json exclude each "
+                        "other");
     break;
   case PROTO_CMD_INFO: case PROTO_CMD_RELEASE:
     if ((status = parse_args (argc, argv, 0, &a)))
@@ -485,7 +544,7 @@ run_command (struct ctl *c, int argc, char **argv)
     if (k == PROTO_CMD_CREATE && !c->json)
       printf ("created snapshot %s\n", a.name);
     else
-      show (c, resp, print);
+      status = show (c, resp, print);
     json_decref (resp);
   }
   return status;
@@ -498,48 +557,192 @@ quiet_log (const char *fmt, va_list args)
 {
 }
 
+/* The options every command takes, before or after it. */
+static const struct option global_longopts[] = {
+  { "socket", required_argument, NULL, 's' },
+  { "instance", required_argument, NULL, 'i' },
+  { "image", required_argument, NULL, 'I' },
+  { "json", no_argument, NULL, 'j' },
+  { "no-headings", no_argument, NULL, 'H' },
+  { "output", required_argument, NULL, 'o' },
+  { "parsable", no_argument, NULL, 'p' },
+  { "help", no_argument, NULL, 'h' },
+  { "version", no_argument, NULL, 'V' },
+  { NULL },
+};
+#define GLOBAL_SHORTOPTS "s:i:jHo:phV"
+
+/* Options of commands that take an argument: the word after them is
+ * theirs, not a global option. */
+static const char *const command_args[] = {
+  "--snapshot", "--nbd-socket", "--uri-base", "--since", "--connections",
+  "--from", NULL,
+};
+
+/* One global option.  Returns -1 to go on, else an exit status (-h and
+ * -V: 0). */
+static int
+global_opt (struct ctl *c, int opt, const char *arg)
+{
+  switch (opt) {
+  case 's': c->socket = arg; break;
+  case 'i': c->instance = arg; break;
+  case 'I': c->image = arg; break;
+  case 'j': c->json = true; break;
+  case 'H': c->no_headings = true; break;
+  case 'o': c->columns = arg; break;
+  case 'p': c->exact = true; break;
+  case 'h': usage (stdout); return NBDSNAPCTL_EXIT_OK;
+  case 'V':
+    printf ("nbdsnapctl %s (admin protocol %d)\n", PACKAGE_VERSION,
+            NBDSNAP_ADMIN_PROTOCOL);
+    return NBDSNAPCTL_EXIT_OK;
+  }
+  return -1;
+}
+
+/* Global options among a command's words (argv[1..argc), up to "--"):
+ * applied, and taken out of argv (*argc shrinks).  Returns -1 to go on,
+ * else an exit status. */
+static int
+global_opts_after (struct ctl *c, int *argc, char **argv)
+{
+  int i, j, out = 1, r;
+
+  for (i = 1; i < *argc; ++i) {
+    const char *w = argv[i], *arg = NULL;
+    int opt = 0;
+
+    if (strcmp (w, "--") == 0) {
+      while (i < *argc)
+        argv[out++] = argv[i++];
+      break;
+    }
+    for (j = 0; command_args[j]; ++j)
+      if (strcmp (w, command_args[j]) == 0)
+        break;
+    if (command_args[j] != NULL) {      /* keep it and its argument */
+      argv[out++] = argv[i];
+      if (i + 1 < *argc)
+        argv[out++] = argv[++i];
+      continue;
+    }
+    if (w[0] == '-' && w[1] == '-' && w[2] != '\0') {
+      size_t n = strcspn (w + 2, "=");
+
+      for (j = 0; global_longopts[j].name; ++j)
+        if (strlen (global_longopts[j].name) == n
+            && strncmp (global_longopts[j].name, w + 2, n) == 0)
+          break;
+      if (global_longopts[j].name != NULL) {
+        opt = global_longopts[j].val;
+        if (global_longopts[j].has_arg) {
+          if (w[2 + n] == '=')
+            arg = w + 3 + n;
+          else if (i + 1 < *argc)
+            arg = argv[++i];
+          else
+            return ctl_usage ("option %s needs an argument", w);
+        }
+        else if (w[2 + n] == '=')
+          return ctl_usage ("option --%.*s takes no argument", (int) n,
+                            w + 2);
+        if ((r = global_opt (c, opt, arg)) != -1)
+          return r;
+        continue;
+      }
+    }
+    else if (w[0] == '-' && w[1] != '\0' && strchr ("sio", w[1])) {
+      opt = w[1];
+      if (w[2] != '\0')
+        arg = w + 2;
+      else if (i + 1 < *argc)
+        arg = argv[++i];
+      else
+        return ctl_usage ("option %s needs an argument", w);
+      if ((r = global_opt (c, opt, arg)) != -1)
+        return r;
+      continue;
+    }
+    else if (w[0] == '-' && w[1] != '\0' && w[1] != '-'
+             && strspn (w + 1, "jHphV") == strlen (w + 1)) {
+      for (j = 1; w[j]; ++j)
+        if ((r = global_opt (c, w[j], NULL)) != -1)
+          return r;
+      continue;
+    }
+    argv[out++] = argv[i];
+  }
+  *argc = out;
+  argv[out] = NULL;
+  return -1;
+}
+
 int
 main (int argc, char **argv)
 {
-  static const struct option longopts[] = {
-    { "socket", required_argument, NULL, 's' },
-    { "json", no_argument, NULL, 'j' },
-    { "help", no_argument, NULL, 'h' },
-    { "version", no_argument, NULL, 'V' },
-    { NULL },
-  };
-  struct ctl c = { .socket = getenv ("NBDSNAP_SOCKET"), .fd = -1 };
-  int opt, status;
+  struct ctl c = { .fd = -1 };
+  int opt, status, nargs;
+  char **args = NULL;
 
   nbdsnap_set_log_handlers (quiet_log, quiet_log);
+  /* --json's error objects need to know it before anything can fail. */
+  for (opt = 1; opt < argc && strcmp (argv[opt], "--") != 0; ++opt)
+    if (strcmp (argv[opt], "--json") == 0 || strcmp (argv[opt], "-j") == 0)
+      c.json = true;
   opterr = 0;
-  while ((opt = getopt_long (argc, argv, "+:s:jhV", longopts, NULL)) != -1) {
-    switch (opt) {
-    case 's': c.socket = optarg; break;
-    case 'j': c.json = true; break;
-    case 'h': usage (stdout); return NBDSNAPCTL_EXIT_OK;
-    case 'V':
-      printf ("nbdsnapctl %s (admin protocol %d)\n", PACKAGE_VERSION,
-              NBDSNAP_ADMIN_PROTOCOL);
-      return NBDSNAPCTL_EXIT_OK;
-    case ':':
-      return ctl_usage ("option %s needs an argument", argv[optind - 1]);
-    default:
-      return ctl_usage ("unknown option %s", argv[optind - 1]);
+  for (;;) {
+    opt = getopt_long (argc, argv, "+:" GLOBAL_SHORTOPTS, global_longopts,
+                       NULL);
+    if (opt == -1)
+      break;
+    if (opt == ':') {
+      status = ctl_usage ("option %s needs an argument",
+                          ctl_bad_option (argv));
+      goto out;
     }
+    if (opt == '?') {
+      status = ctl_usage ("unknown option %s", ctl_bad_option (argv));
+      goto out;
+    }
+    if ((status = global_opt (&c, opt, optarg)) != -1)
+      goto out;
   }
-  if (optind >= argc)
-    return ctl_usage ("no command given");
-  if (c.socket == NULL || *c.socket == '\0')
-    return ctl_usage ("no admin socket: pass -s SOCKET or set "
-                      "NBDSNAP_SOCKET (the server's default is "
-                      "STATEDIR/admin.sock)");
+  if (optind >= argc) {
+    status = ctl_usage ("no command given");
+    goto out;
+  }
+  /* The command's words, without the global options among them. */
+  nargs = argc - optind;
+  args = calloc (nargs + 1, sizeof *args);
+  if (args == NULL) {
+    ctl_msg ("calloc: %m");
+    status = NBDSNAPCTL_EXIT_ERROR;
+    goto out;
+  }
+  memcpy (args, argv + optind, nargs * sizeof *args);
+  if ((status = global_opts_after (&c, &nargs, args)) != -1)
+    goto out;
+  if (c.socket != NULL && *c.socket == '\0') {
+    status = ctl_usage ("-s: an empty path");
+    goto out;
+  }
+  if ((c.socket != NULL) + (c.instance != NULL) + (c.image != NULL) > 1) {
+    status = ctl_usage ("-s, -i and --image exclude each other");
+    goto out;
+  }
+  if (c.socket != NULL)
+    c.socket_from = "-s";
 
-  status = run_command (&c, argc - optind, argv + optind);
-  ctl_close (&c);
+  status = run_command (&c, nargs, args);
+ out:
   if (fflush (stdout) == EOF && status == 0) {
     ctl_msg ("writing output: %m");
     status = NBDSNAPCTL_EXIT_ERROR;
   }
+  ctl_json_error (&c, status);
+  ctl_close (&c);
+  fflush (stdout);
+  free (args);
   return status;
 }

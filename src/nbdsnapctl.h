@@ -2,7 +2,11 @@
  *
  *   nbdsnapctl.c    main, options, the command table
  *   ctl-client.c    the admin connection: connect, request, response
- *   ctl-print.c     human-readable output, the progress line
+ *   ctl-client.c    also: finding the socket (-s, -i, --image,
+ *                   $NBDSNAP_SOCKET), messages, --json error objects
+ *   ctl-print.c     human-readable output (tables with -H/-o/-p), the
+ *                   progress line
+ *   ctl-prometheus.c stats --prometheus
  *   ctl-session.c   commands that keep the connection open (run, hold,
  *                   create --temporary) and the child command they run;
  *                   where the NBD server is (ctl_nbd_uri)
@@ -42,9 +46,21 @@ struct ctl_progress {
 };
 
 struct ctl {
-  const char *socket;           /* the admin socket's path */
+  const char *socket;           /* the admin socket's path, or NULL: found
+                                   by ctl_connect (ctl_find_socket) */
+  const char *socket_from;      /* where it came from, for messages */
+  const char *instance;         /* -i, --instance NAME */
+  const char *image;            /* --image IMAGE */
+  char *socket_buf;             /* socket, when built here (freed by
+                                   ctl_close) */
   bool json;                    /* --json: print the server's lines,
                                    progress lines included */
+  bool json_done;               /* stdout has this run's answer already
+                                   (a server's error line, or CMD's own
+                                   output): main prints no error object */
+  bool no_headings;             /* -H: no headings, fields tab-separated */
+  const char *columns;          /* -o COLS: comma-separated, or NULL */
+  bool exact;                   /* -p: bytes and epoch seconds */
   bool draw_progress;           /* draw progress lines on stderr */
   int fd;                       /* the admin connection, or -1 */
   char *buf;                    /* bytes received, not yet consumed */
@@ -60,7 +76,16 @@ extern void ctl_msg (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));
 extern int ctl_usage (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));
+/* Find the admin socket if c->socket is NULL: -i, --image, else
+ * $NBDSNAP_SOCKET (-s was put in c->socket by main).  Returns an exit
+ * status after a message saying what was tried. */
+extern int ctl_find_socket (struct ctl *c);
+/* Connect (finding the socket first).  EACCES/EPERM: exit 8. */
 extern int ctl_connect (struct ctl *c);
+/* With --json, for a failure (status != 0) whose answer is not on stdout
+ * yet: one error object in the protocol's shape, {"ok":false,"error":
+ * KIND,"errno":NAME,"message":TEXT}, TEXT the last message printed. */
+extern void ctl_json_error (struct ctl *c, int status);
 extern void ctl_close (struct ctl *c);
 /* Check a request line locally (the same parser as the server), send it,
  * read the response.  On success *resp is the response (caller decrefs).
@@ -73,10 +98,48 @@ extern int ctl_call (struct ctl *c, const char *line, json_t **resp);
 extern int ctl_read_line (struct ctl *c);
 
 /* ctl-print.c */
+
+/* Tables, for list, clients, holds (src/ctl-holds.c) and anything that
+ * prints rows: one column per field of the rows' objects.  The header is
+ * also the name -o selects it by (case-insensitive). */
+enum ctl_col_kind {
+  CTL_COL_STR,                  /* a string, left-aligned */
+  CTL_COL_INT,                  /* an integer, right-aligned */
+  CTL_COL_SIZE,                 /* bytes: "1.5G", with -p "1610612736" */
+  CTL_COL_BOOL,                 /* yes/no */
+  CTL_COL_TIME,                 /* RFC 3339 UTC; with -p epoch seconds */
+  CTL_COL_EXPORT,               /* an export name, "" is "(origin)" */
+  CTL_COL_STATE,                /* a snapshot object's ctl_state_text */
+};
+struct ctl_column {
+  const char *header;           /* "NAME" */
+  const char *key;              /* the field of a row: "name" */
+  enum ctl_col_kind kind;
+};
+/* Print rows (a JSON array of objects; NULL: none) with these columns
+ * (at most CTL_COLUMNS_MAX) as c says: aligned with a heading line, or
+ * with -H tab-separated without; -o picks and orders columns; -p exact
+ * numbers.  A missing or null field prints as "-".  Returns 0, or
+ * NBDSNAPCTL_EXIT_USAGE after a message naming the valid columns if -o
+ * names another. */
+#define CTL_COLUMNS_MAX 16
+extern int ctl_table (struct ctl *c, const struct ctl_column *cols,
+                      size_t ncols, json_t *rows);
+/* Which of cols -o selects, in its order: indexes into idx (room for
+ * CTL_COLUMNS_MAX), their number in *n.  Without -o all of them. */
+extern int ctl_table_select (struct ctl *c, const struct ctl_column *cols,
+                             size_t ncols, size_t *idx, size_t *n);
+
 extern void ctl_print_value (FILE *fp, json_t *v);
-extern void ctl_print_flat (const char *prefix, json_t *obj);
-extern void ctl_print_list (json_t *resp);
-extern void ctl_print_clients (json_t *resp);
+/* "key: value" lines of obj, nested keys joined with "." (-H: "key\t
+ * value"; -o: only these keys; -p: exact times). */
+extern int ctl_print_flat (struct ctl *c, const char *prefix, json_t *obj);
+extern int ctl_print_list (struct ctl *c, json_t *resp);
+extern int ctl_print_clients (struct ctl *c, json_t *resp);
+/* stats --prometheus: the stats object in the text exposition format. */
+extern int ctl_print_prometheus (struct ctl *c, json_t *resp);
+/* An RFC 3339 UTC time ("2024-05-01T12:00:00Z") as epoch seconds, or -1. */
+extern long long ctl_epoch (const char *rfc3339);
 extern const char *ctl_human_size (json_t *v, char *buf, size_t len);
 /* A snapshot's state for people: "live", "deleting 42%",
  * "deleting (deferred: 1 client, 0 holds)", "live (rollback 7%)"... */
@@ -112,6 +175,10 @@ extern char *ctl_export_uri (const struct ctl_session *s, int *status);
  * is known or the base is not usable.  Caller frees. */
 extern char *ctl_nbd_uri (struct ctl *c, const struct ctl_session *s,
                           const char *export, int *status);
+
+/* nbdsnapctl.c: after getopt returned '?' or ':', the word it stopped at
+ * ("-bad", not the command before it): for "unknown option %s". */
+extern const char *ctl_bad_option (char **argv);
 
 /* ctl-changes.c */
 /* An extent of a changes set; zero: the newer instant reads as zeros
