@@ -94,6 +94,7 @@ refuse (struct ctl *c, enum proto_err kind, const char *fmt, ...)
       fputs (s, stdout);
     free (s);
     json_decref (r);
+    c->json_done = true;        /* main prints no second object */
   }
   return proto_err_exit_status (kind);
 }
@@ -114,38 +115,22 @@ str (json_t *o, const char *key)
   return s ? s : "?";
 }
 
-/* The table of "holds": TAG NAME CREATED HOLDER. */
-static void
-print_holds (json_t *resp)
+/* The table of "holds" (ctl_table: -H, -o, -p): TAG NAME CREATED, and
+ * CONN for a connection's hold (its TAG is "-"). */
+static int
+print_holds (struct ctl *c, json_t *resp)
 {
-  json_t *arr = json_object_get (resp, "holds"), *h;
-  size_t i;
-  int wt = 3, wn = 4;
-  char holder[32];
+  static const struct ctl_column cols[] = {
+    { "TAG", "tag", CTL_COL_STR }, { "NAME", "name", CTL_COL_STR },
+    { "CREATED", "created", CTL_COL_TIME }, { "CONN", "conn", CTL_COL_INT },
+  };
 
-  json_array_foreach (arr, i, h) {
-    int lt = json_is_string (json_object_get (h, "tag"))
-      ? (int) strlen (str (h, "tag")) : 1;
-    int ln = strlen (str (h, "name"));
-    if (lt > wt) wt = lt;
-    if (ln > wn) wn = ln;
-  }
-  printf ("%-*s  %-*s  %-20s  %s\n", wt, "TAG", wn, "NAME", "CREATED",
-          "HOLDER");
-  json_array_foreach (arr, i, h) {
-    bool named = json_is_string (json_object_get (h, "tag"));
-    if (named)
-      snprintf (holder, sizeof holder, "-");
-    else
-      snprintf (holder, sizeof holder, "conn %" JSON_INTEGER_FORMAT,
-                json_integer_value (json_object_get (h, "conn")));
-    printf ("%-*s  %-*s  %-20s  %s\n", wt, named ? str (h, "tag") : "-",
-            wn, str (h, "name"), str (h, "created"), holder);
-  }
+  return ctl_table (c, cols, sizeof cols / sizeof cols[0],
+                    json_object_get (resp, "holds"));
 }
 
 static int
-call (struct ctl *c, const char *req, void (*print) (json_t *))
+call (struct ctl *c, const char *req, int (*print) (struct ctl *, json_t *))
 {
   json_t *resp;
   int status = ctl_call (c, req, &resp);
@@ -155,25 +140,27 @@ call (struct ctl *c, const char *req, void (*print) (json_t *))
   if (c->json)
     puts (c->line);
   else
-    print (resp);
+    status = print (c, resp);
   json_decref (resp);
-  return 0;
+  return status;
 }
 
-static void
-print_held (json_t *resp)
+static int
+print_held (struct ctl *c, json_t *resp)
 {
   printf ("holding %s with tag %s (persistent: 'nbdsnapctl release %s %s' "
           "ends it)\n", str (resp, "name"), str (resp, "tag"),
           str (resp, "tag"), str (resp, "name"));
+  return 0;
 }
 
-static void
-print_released (json_t *resp)
+static int
+print_released (struct ctl *c, json_t *resp)
 {
   printf ("released hold %s on %s (%" JSON_INTEGER_FORMAT " named hold(s) "
           "left)\n", str (resp, "tag"), str (resp, "name"),
           json_integer_value (json_object_get (resp, "named_holds")));
+  return 0;
 }
 
 int

@@ -74,9 +74,13 @@ assert s["state"] == "live" and s["named_holds"] == 2, s
 # holds: the table and --json, a connection hold included.
 ctl hold s2 -- sh -c "ctl_out=\$($nbdsnapctl -s $tmpdir/admin.sock holds); echo \"\$ctl_out\" > $tmpdir/table; $nbdsnapctl -s $tmpdir/admin.sock --json holds > $tmpdir/holds.json"
 cat "$tmpdir/table"
-head -1 "$tmpdir/table" | grep -q "^TAG  *NAME  *CREATED  *HOLDER" || fail "heading"
+head -1 "$tmpdir/table" | grep -q "^TAG  *NAME  *CREATED  *CONN$" || fail "heading"
 grep -q "^backup  *s1  *20[0-9-]*T[0-9:]*Z  *-$" "$tmpdir/table" || fail "row"
-grep -q "^-  *s2  .*conn [0-9]" "$tmpdir/table" || fail "connection hold row"
+grep -q "^-  *s2  .* [0-9][0-9]*$" "$tmpdir/table" || fail "connection hold row"
+# -H -o: tab-separated, the columns asked for.
+ctl -H -o tag,name holds s1 > "$tmpdir/raw"
+[ "$(cat "$tmpdir/raw")" = "$(printf 'backup\ts1\nkeep\ts1')" ] ||
+  fail "holds -H -o tag,name: $(cat "$tmpdir/raw")"
 "$PYTHON" -c '
 import json, sys
 h = json.load(open(sys.argv[1]))["holds"]
