@@ -1077,6 +1077,9 @@ scan_ids (struct nbdsnap_engine *e, uint64_t **out, size_t *nout)
       close (dfd);
     return -1;
   }
+  /* The dup shares the directory's file offset with sd.dirfd: an
+   * earlier scan through it may have left it at the end. */
+  rewinddir (dir);
   while ((d = readdir (dir)) != NULL) {
     if (sscanf (d->d_name, "snap-%" SCNu64 ".%15s%n", &id, ext, &len) != 2)
       continue;
