@@ -354,7 +354,7 @@ def fio(srv, iolog, bs, out, latlog):
     pid = srv.p.pid
     c0 = cpu_ticks(pid)
     r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       text=True, timeout=900)
+                       text=True, timeout=300)
     c1 = cpu_ticks(pid)
     if r.returncode != 0:
         raise RuntimeError("fio: exit %d: %s" % (r.returncode, r.stderr[-300:]))
@@ -593,7 +593,7 @@ def report(results, creates, rss, meta, outdir):
     w("")
     w("* Date: %s" % meta["date"])
     w("* Command: `%s`" % meta["command"])
-    w("* Measured tree: `%s` (`git describe` of %s); bench scripts: `%s`"
+    w("* Measured tree: %s (`git describe` of %s); bench scripts: `%s`"
       % (meta["tree"], meta["builddir"], meta["bench"]))
     w("* Machine: %s, `nproc` %s, memory %s; load average %s at the start, "
       "%s at the end; server pinned to CPU %s, client to CPU %s"
@@ -873,7 +873,15 @@ def machine(builddir):
         "nproc": sh("nproc"),
         "mem": "%.1f GiB" % (mem / GiB),
         "builddir": "`%s`" % builddir,
-        "tree": sh("git -C '%s' describe --always --dirty --tags" % top),
+        "tree": "%s; its sources (src/ plugin/ include/ configure.ac) "
+                "last changed in %s, %s" % (
+                    sh("git -C '%s' describe --always --dirty --tags" % top),
+                    sh("git -C '%s' log -1 --format='%%h (%%cs)' -- src plugin "
+                       "include configure.ac" % top),
+                    "modified since" if sh(
+                        "git -C '%s' status --porcelain -- src plugin include "
+                        "configure.ac | wc -l" % top) != "0"
+                    else "unmodified since"),
         "bench": sh("git -C '%s' describe --always --dirty --tags" % here),
         "tools": ", ".join([
             sh("%s --version" % FIO),
