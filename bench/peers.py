@@ -324,6 +324,13 @@ class Server:
         return None
 
 
+def exit_how(status):
+    if status < 0:
+        return "killed by signal %d (%s)" % (-status,
+                                             signal.Signals(-status).name)
+    return "exit status %d" % status
+
+
 def tail(path, n=5):
     try:
         with open(path) as f:
@@ -461,7 +468,11 @@ def instance(name, loc, d, img, builddir, iologs, r, results):
         res["hwm"] = vm_hwm(srv.p.pid)
     except (RuntimeError, subprocess.SubprocessError, OSError) as e:
         res["error"] = str(e)
-        log("  %s: FAILED: %s" % (name, e))
+        if srv.p is not None and srv.p.poll() is not None:
+            # The server is gone: say how, and keep its log.
+            res["error"] += "; the server had exited: %s; its log: %s" % (
+                exit_how(srv.p.returncode), tail(srv.logf, 20))
+        log("  %s: FAILED: %s" % (name, res["error"]))
     finally:
         srv.stop()
         run(["rm", "-rf", sd])
@@ -834,7 +845,7 @@ set yrange [0:1]
 set title "CDF"
 plot %(cdf)s
 set logscale y
-set yrange [*:1]
+set yrange [1e-5:1]
 set format y "%%g"
 set ylabel "fraction of writes slower (1 - CDF)"
 set key bottom left
