@@ -454,6 +454,9 @@ def instance(name, loc, d, img, builddir, iologs, r, results):
     res = {}
     out = os.path.join(sd, "fio")
     try:
+        # Write back what the previous server left dirty, so that it is
+        # neither in this server's way nor flushed by its first create.
+        run(["sync", "-f", img], timeout=300)
         srv.setup()
         res["create_ms"] = srv.fresh_snapshot("a")
         res["first4k"] = fio(srv, iologs[4096], 4096, out, True)
