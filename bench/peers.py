@@ -24,6 +24,7 @@
 #   CREATE_SIZES="1G 16G 256G 1T"   image sizes of the create latency
 #   RSS_SNAPS=64 RSS_WRITES=1000    the peak-RSS scenario (1 TiB image)
 #   SERVER_CPU=0 CLIENT_CPU=1
+#   NBDSNAP_PARAMS="chunk-size=16K"   more plugin parameters for nbdsnap
 #   QUICK=1              the smoke test: defaults become RUNS=1 WRITES=2000
 
 import json
@@ -202,7 +203,8 @@ class Server:
                                   "nbdkit-nbdsnap-plugin.so")
             return [NBDKIT, "-f", "-U", self.sock, "-P", pidfile, plugin,
                     "file=" + self.img, "statedir=" + self.state,
-                    "admin=" + self.admin, "durability=" + self.mode]
+                    "admin=" + self.admin, "durability=" + self.mode] \
+                + env("NBDSNAP_PARAMS", "").split()
         tgt = os.path.join(self.d, "target." + self.fmt)
         return [QSD,
                 "--blockdev", "driver=file,node-name=base-file,filename="

@@ -4,7 +4,7 @@
  *   changes_gen IMG STATEDIR SIZE_GIB DATA_EVERY
  *
  * IMG becomes a sparse image of SIZE_GIB GiB served through the engine
- * (durability=process, default chunk size): snapshot "a"; then every
+ * (durability=process, 64 KiB chunks): snapshot "a"; then every
  * other chunk (0, 2, 4, ...) is changed: the k-th of them by a 4 KiB
  * trim, or, when k is a multiple of DATA_EVERY, by a 4 KiB write of
  * 0x5a bytes; then snapshot "b".  So `changes a b` has exactly one extent
@@ -53,6 +53,7 @@ main (int argc, char **argv)
   cfg.origin = &o;
   cfg.statedir = argv[2];
   cfg.durability = NBDSNAP_DURABILITY_PROCESS;
+  cfg.chunk_size = 65536;
   e = nbdsnap_engine_open (&cfg);
   if (e == NULL || nbdsnap_snap_create (e, "a", false) == NULL)
     return 1;

@@ -44,7 +44,7 @@ for mode in power process; do
   state="$mnt/state-$mode"
   bigimg fill "$img" $(( 32 * 1024 * 1024 )) 7
   cp "$img" "$tmpdir/at-a.img"
-  start_nbdkit "$img" statedir="$state" admin="$tmpdir/admin.sock" \
+  start_nbdkit "$img" statedir="$state" admin="$tmpdir/admin.sock" chunk-size=64K \
                durability=$mode
   ctl create a >/dev/null
   # 4 KiB first writes to N chunks, 2 apart (offsets inside the chunks).
@@ -64,7 +64,7 @@ h.flush()"
 
   # kill -9, restart: the same.
   kill9_nbdkit
-  start_nbdkit "$img" statedir="$state" admin="$tmpdir/admin.sock" \
+  start_nbdkit "$img" statedir="$state" admin="$tmpdir/admin.sock" chunk-size=64K \
                durability=$mode
   [ "$(export_sha "nbd+unix:///a?socket=$sock")" = "$(file_sha "$tmpdir/at-a.img")" ] ||
     fail "$mode: snapshot a after kill -9 does not read its instant"

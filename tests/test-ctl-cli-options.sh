@@ -44,7 +44,8 @@ PY
 
 img="$tmpdir/disk.img"
 head -c 1M /dev/urandom > "$img"
-start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
+start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock" \
+             chunk-size=64K
 ctl create s1 >/dev/null
 nbdsh -u "$uri" -c 'h.pwrite(b"x" * 200000, 0)'
 ctl create s2 >/dev/null

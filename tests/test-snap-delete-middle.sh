@@ -15,7 +15,8 @@ img="$tmpdir/disk.img"
 size=$(( 2 * 1024 * 1024 ))
 head -c "$size" /dev/urandom > "$img"
 
-start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
+start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock" \
+             chunk-size=64K
 
 check ()
 {

@@ -13,7 +13,8 @@ img="$tmpdir/disk.img"
 size=$(( 3 * 1024 * 1024 + 5 ))
 head -c "$size" /dev/urandom > "$img"
 
-start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock"
+start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock" \
+             chunk-size=64K
 ctl create nightly
 # 2 chunks copied
 timeout 60 qemu-io -f raw -c 'write -P 1 0 100k' "$uri" >/dev/null

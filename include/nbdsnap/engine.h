@@ -70,7 +70,7 @@
 #define NBDSNAP_NAME_MAX 64               /* [A-Za-z0-9][A-Za-z0-9._-]{0,63} */
 #define NBDSNAP_CHUNK_MIN 4096u
 #define NBDSNAP_CHUNK_MAX (1024u * 1024u)
-#define NBDSNAP_CHUNK_DEFAULT (64u * 1024u)
+#define NBDSNAP_CHUNK_DEFAULT (16u * 1024u)  /* bench/README.md, "chunk size" */
 
 enum nbdsnap_durability {
   NBDSNAP_DURABILITY_POWER = 0,     /* data + bitmap synced before overwrite */

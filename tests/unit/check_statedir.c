@@ -106,7 +106,7 @@ START_TEST (test_create_header)
     ck_assert_uint_eq (strlen (id), 32);
     snprintf (want, sizeof want,
               "nbdsnap-state 2\n"
-              "chunk-size 65536\n"
+              "chunk-size 16384\n"
               "image-size 1048576\n"
               "image-kind file\n"
               "image-dev %" PRIu64 "\n"
@@ -132,9 +132,9 @@ START_TEST (test_create_header)
 
   /* Reopen: the header is kept, chunk size 0 = the directory's. */
   ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), 0);
-  ck_assert_uint_eq (sd.chunk_size, 65536);
+  ck_assert_uint_eq (sd.chunk_size, 16384);
   statedir_close (&sd);
-  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 65536, false), 0);
+  ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 16384, false), 0);
   statedir_close (&sd);
 }
 END_TEST
@@ -573,14 +573,14 @@ START_TEST (test_malformed)
   {
     char *p, edited[2048];
     strcpy (edited, good);
-    p = strstr (edited, "chunk-size 65536");
+    p = strstr (edited, "chunk-size 16384");
     ck_assert_ptr_nonnull (p);
-    memcpy (p, "chunk-size 65535", 16);
+    memcpy (p, "chunk-size 16383", 16);
     write_text (sdpath, "header", edited);
     errno = 0;
     ck_assert_int_eq (statedir_open (&sd, sdpath, &o, 0, false), -1);
     ck_assert_int_eq (errno, EINVAL);
-    ck_assert_ptr_nonnull (strstr (last_error, "bad chunk-size 65535"));
+    ck_assert_ptr_nonnull (strstr (last_error, "bad chunk-size 16383"));
   }
   /* The good one opens again. */
   write_text (sdpath, "header", good);
