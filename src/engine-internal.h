@@ -73,9 +73,10 @@ struct nbdsnap_engine {
    * read by writers with it shared. */
   struct create_window *window;
 
-  /* Atomic: copy_file_range from the origin to the stores failed as
-   * not possible here (cow.c: copy_kernel); copy-on-writes copy by hand
-   * from then on. */
+  /* Atomic: copy-on-writes copy by hand (cow.c: copy_chunk), not with
+   * copy_file_range: set at open in process mode on a file system that
+   * reflinks (engine.c: fs_reflinks), or once copy_file_range failed as
+   * not possible here (cow.c: copy_kernel). */
   bool copy_by_hand;
 
   /* Counters for stats (nbdsnap_engine_counters), atomics: cow.c counts
