@@ -75,6 +75,7 @@
 
 #include <libnbd.h>
 
+#include "nbdsnap/io.h"
 #include "nbdsnapctl.h"
 
 #define REQUEST (512u << 10)    /* bytes per NBD read */
@@ -232,41 +233,22 @@ is_zero (const char *p, size_t n)
 static int
 write_all (struct backup *b, const char *buf, size_t n, uint64_t off)
 {
-  while (n > 0) {
-    ssize_t r = pwrite (b->fd, buf, n, off);
-
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r == -1) {
-      fail (b, NBDSNAPCTL_EXIT_ERROR, "writing %s at %" PRIu64 ": %m",
-            b->dest, off);
-      return -1;
-    }
-    buf += r;
-    n -= r;
-    off += r;
+  if (io_pwrite_full (b->fd, buf, n, off) == -1) {
+    fail (b, NBDSNAPCTL_EXIT_ERROR, "writing %s at %" PRIu64 ": %m",
+          b->dest, off);
+    return -1;
   }
   return 0;
 }
 
+/* A short read (DEST shrank under us) fails with EIO: see io.h. */
 static int
 read_all (struct backup *b, char *buf, size_t n, uint64_t off)
 {
-  while (n > 0) {
-    ssize_t r = pread (b->fd, buf, n, off);
-
-    if (r == -1 && errno == EINTR)
-      continue;
-    if (r <= 0) {
-      if (r == 0)
-        errno = ENODATA;
-      fail (b, NBDSNAPCTL_EXIT_ERROR, "reading %s at %" PRIu64 ": %m",
-            b->dest, off);
-      return -1;
-    }
-    buf += r;
-    n -= r;
-    off += r;
+  if (io_pread_full (b->fd, buf, n, off) == -1) {
+    fail (b, NBDSNAPCTL_EXIT_ERROR, "reading %s at %" PRIu64 ": %m",
+          b->dest, off);
+    return -1;
   }
   return 0;
 }
@@ -1028,15 +1010,6 @@ human (char *buf, size_t len, double v)
   return buf;
 }
 
-static int
-check_name (const char *name)
-{
-  if (nbdsnap_name_valid (name) == -1) {
-    ctl_msg ("invalid snapshot name '%.80s': " NBDSNAP_NAME_RULE, name);
-    return NBDSNAPCTL_EXIT_INVALID_NAME;
-  }
-  return 0;
-}
 
 /* With --json: the failure as a final object. */
 static void
@@ -1116,8 +1089,8 @@ ctl_backup (struct ctl *c, int argc, char **argv)
     return ctl_usage ("backup: unexpected argument '%s'", argv[optind + 2]);
   b.name = argv[optind];
   b.dest = argv[optind + 1];
-  if ((status = check_name (b.name)) != 0
-      || (b.since && (status = check_name (b.since)) != 0))
+  if ((status = ctl_check_name (b.name)) != 0
+      || (b.since && (status = ctl_check_name (b.since)) != 0))
     return status;
   if (*b.dest == '\0')
     return ctl_usage ("backup: DEST is empty");

@@ -119,8 +119,8 @@ usage (FILE *fp)
 }
 
 /* A name with a space would change the request's words: check it here. */
-static int
-check_name (const char *name)
+int
+ctl_check_name (const char *name)
 {
   if (nbdsnap_name_valid (name) == -1) {
     ctl_msg ("invalid snapshot name '%.80s': " NBDSNAP_NAME_RULE, name);
@@ -234,14 +234,14 @@ parse_args (int argc, char **argv, unsigned allowed, struct args *a)
   if (allowed & ARG_RUN) {      /* getopt took the "--" */
     if (a->name == NULL)
       return ctl_usage ("%s: --snapshot NAME is required", cmd);
-    if (check_name (a->name) != 0)
+    if (ctl_check_name (a->name) != 0)
       return NBDSNAPCTL_EXIT_INVALID_NAME;
   }
   else {
     if (optind >= argc)
       return ctl_usage ("%s: missing snapshot NAME", cmd);
     a->name = argv[optind++];
-    if (check_name (a->name) != 0)
+    if (ctl_check_name (a->name) != 0)
       return NBDSNAPCTL_EXIT_INVALID_NAME;
     /* Options after NAME, up to "--" (which getopt must not take). */
     for (end = optind; end < argc && strcmp (argv[end], "--") != 0; ++end)

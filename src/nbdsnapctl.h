@@ -180,6 +180,10 @@ extern char *ctl_nbd_uri (struct ctl *c, const struct ctl_session *s,
  * ("-bad", not the command before it): for "unknown option %s". */
 extern const char *ctl_bad_option (char **argv);
 
+/* nbdsnapctl.c: 0, or exit 6 after a message if name is no valid
+ * snapshot name. */
+extern int ctl_check_name (const char *name);
+
 /* ctl-changes.c */
 /* An extent of a changes set; zero: the newer instant reads as zeros
  * there.  Returns 0 to go on, else that value ends ctl_changes_each. */

@@ -32,36 +32,7 @@ nbdkit_opts=(-t 1 --filter=rate)
 start_nbdkit "$img" statedir="$tmpdir/state" admin="$tmpdir/admin.sock" \
   chunk-size=64K rate-file="$tmpdir/rate" burstiness=0.2
 
-rate ()
-{
-  echo "$1" > "$tmpdir/rate.new"
-  mv "$tmpdir/rate.new" "$tmpdir/rate"
-  sleep 0.3                                 # the filter polls the file
-}
-
-# mid_copy FILE: FILE (--json output) has a progress object with
-# 0 < done < total.
-mid_copy ()
-{
-  "$PYTHON" - "$1" <<'PY'
-import json, sys
-for l in open(sys.argv[1]).read().splitlines():
-    try:
-        o = json.loads(l)
-    except ValueError:
-        continue
-    if o.get("progress") == "backup" and 0 < o["done"] < o["total"]:
-        sys.exit(0)
-sys.exit(1)
-PY
-}
-
-holds ()
-{
-  ctl --json info "$1" | "$PYTHON" -c '
-import json, sys
-print(json.load(sys.stdin)["snapshot"]["holds"])'
-}
+source "$abs_top_srcdir/tests/backup.sh"
 
 # killed WANT ARGS...: run "backup ARGS" slowly, SIGKILL it mid-copy;
 # DEST must not be WANT's bytes yet; then run it again: DEST is WANT.
