@@ -55,8 +55,9 @@ struct nbdsnap_engine {
   /* Chunk lock stripes: chunk c uses stripes[c % CHUNK_STRIPES].  Held
    * exclusive by a writer while it copies the chunk into a store and sets
    * its copied bit; held shared by a snapshot reader while it reads the
-   * chunk from the origin.  So a reader never sees the origin half
-   * overwritten, and writers of one chunk copy it once. */
+   * chunk from the origin, and by changes while it looks whether the
+   * origin holds data there (cow.c: chunk_zero).  So a reader never sees
+   * the origin half overwritten, and writers of one chunk copy it once. */
   pthread_rwlock_t stripes[CHUNK_STRIPES];
 
   /* Power mode: copy-on-writes in progress (atomic).  Bumped by a writer

@@ -41,7 +41,8 @@
  *           chunk lock stripe (src/engine-internal.h, rwlock per stripe
  *                           of chunks: held exclusive while a chunk is
  *                           being copied or moved, shared while a snapshot
- *                           reads it from the origin)
+ *                           reads it from the origin, or changes looks
+ *                           whether the origin holds data there)
  *             snap->meta_lock (src/snap.h, mutex: rewrites of the meta
  *                           file and of the bitmap header's state)
  *             group commit  (src/gcommit.c, mutex + condvar per sync
