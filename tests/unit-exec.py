@@ -3,7 +3,8 @@
 # would, for tests where systemd is not PID 1 (tests/test-service-units.sh).
 #
 #   unit-exec.py [--map PREFIX=DIR]... [--subst WORD=WORD]...
-#                [--listen SOCKETUNIT] [--print] UNITFILE INSTANCE
+#                [--env NAME=VALUE]... [--listen SOCKETUNIT] [--print]
+#                UNITFILE INSTANCE
 #
 # Specifiers %i %I %t %S %% are expanded (%t = /run, %S = /var/lib, both
 # through --map), EnvironmentFile= is read (its path through --map) and
@@ -13,17 +14,21 @@
 # one whole argument (an installed path by the build's).  --listen: bind
 # the ListenStream= of that socket unit and pass it as fd 3 with
 # LISTEN_FDS=1 and LISTEN_PID, as systemd does when the service starts
-# with its socket unit.  --print: print the argv, one per line, instead.
+# with its socket unit.  --env: set NAME for the command only (not for
+# this script: e.g. LD_PRELOAD of libasan, under which python3 hangs).
+# --print: print the argv, one per line, instead.
 import os, re, shlex, socket, sys
 
 args = sys.argv[1:]
-maps, substs, listen, pr = [], {}, None, False
+maps, substs, listen, pr, extra_env = [], {}, None, False, {}
 while args and args[0].startswith("--"):
     o = args.pop(0)
     if o == "--map":
         k, v = args.pop(0).split("=", 1); maps.append((k, v))
     elif o == "--subst":
         k, v = args.pop(0).split("=", 1); substs[k] = v
+    elif o == "--env":
+        k, v = args.pop(0).split("=", 1); extra_env[k] = v
     elif o == "--listen":
         listen = args.pop(0)
     elif o == "--print":
@@ -101,4 +106,5 @@ if listen:
         os.dup2(s.fileno(), 3); s.close()
     os.set_inheritable(3, True)
     env["LISTEN_FDS"] = "1"; env["LISTEN_PID"] = str(os.getpid())
+env.update(extra_env)
 os.execvpe(argv[0], argv, env)
