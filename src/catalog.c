@@ -697,13 +697,6 @@ catalog_conn_description (struct catalog_conn *c)
 
 #define ADD(f, v) __atomic_fetch_add (&(f), (v), __ATOMIC_RELAXED)
 
-void
-catalog_conn_count (struct catalog_conn *c, bool write, uint32_t count)
-{
-  catalog_conn_done (c, write ? CATALOG_REQ_WRITE : CATALOG_REQ_READ,
-                     count, 0);
-}
-
 static void
 count_error (struct catalog_conn *c, int err)
 {

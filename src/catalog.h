@@ -246,9 +246,6 @@ extern bool catalog_conn_readonly (const struct catalog_conn *c);
  * is revoked; for the origin NULL unless revoked.  Call from the
  * handle's own thread only (it may rewrite the handle's buffer). */
 extern const char *catalog_conn_description (struct catalog_conn *c);
-/* Count one successful request of count bytes (atomics). */
-extern void catalog_conn_count (struct catalog_conn *c, bool write,
-                                uint32_t count);
 /* After every data request (atomics, no lock): r 0 counts a request of
  * kind and its count bytes, r -1 a failure with errno (which it keeps).
  * Returns r.  (catalog_enter counts its own refusals.) */

@@ -289,15 +289,6 @@ print_flat (struct ctl *c, json_t *resp)
   return ctl_print_flat (c, NULL, snap ? snap : resp);
 }
 
-static int
-print_holds (struct ctl *c, json_t *resp)
-{
-  ctl_print_value (stdout, json_object_get (resp, "name"));
-  printf (": ");
-  ctl_print_value (stdout, json_object_get (resp, "holds"));
-  printf (" holds\n");
-  return 0;
-}
 
 /* A nowait job's answer. */
 static bool
@@ -494,11 +485,11 @@ run_command (struct ctl *c, int argc, char **argv)
       return ctl_usage ("stats: --prometheus and --json exclude each "
                         "other");
     break;
-  case PROTO_CMD_INFO: case PROTO_CMD_RELEASE:
+  case PROTO_CMD_INFO:         /* release, holds: ctl-holds.c */
     if ((status = parse_args (argc, argv, 0, &a)))
       return status;
     snprintf (req, sizeof req, "%s %.*s", cmd, n, a.name);
-    print = k == PROTO_CMD_INFO ? print_flat : print_holds;
+    print = print_flat;
     break;
   case PROTO_CMD_DELETE:
   case PROTO_CMD_ROLLBACK:

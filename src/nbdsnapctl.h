@@ -198,7 +198,8 @@ struct ctl_changes_info {
 };
 /* "changes a [b]" page by page on c's connection (connected here if it
  * is not yet; b NULL: until now), calling fn for each extent in order,
- * with pieces that a page end cut merged again.  Memory stays bounded by
+ * with adjacent extents of the same kind merged (a server that split
+ * one at a page end would be read right too).  Memory stays bounded by
  * one page.  info (may be NULL) is filled from the pages.  Returns an
  * exit status (server errors reported as ctl_call does), or fn's
  * non-zero value. */

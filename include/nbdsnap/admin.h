@@ -138,7 +138,8 @@
  *            NAME2's (or the origin's) content there reads as zeros
  *            (a hole, trimmed or zeroed): a copier may punch or zero
  *            instead of reading; false means "may hold data".  An
- *            extent may be cut at a page's end; the next page goes on.
+ *            extent is never split between pages: a page ends before
+ *            the extent that would not fit, and "next" is its offset.
  *            Both snapshots are pinned only while a page is computed:
  *            a client that pages through a long list holds them
  *            (hold) on its connection.
