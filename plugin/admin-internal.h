@@ -20,10 +20,16 @@
 #include "admin.h"
 
 /* Most admin connections at once, whatever the descriptor limit; the
- * limit in force, admin.conn_limit (admin_conn_limit ()), is a quarter of
- * the soft RLIMIT_NOFILE when that is lower.  More are refused with
- * "limit". */
+ * limit in force, admin.conn_limit (admin_conn_limit (), asked again at
+ * each accept), is a quarter of the soft RLIMIT_NOFILE when that is
+ * lower.  More are refused with "limit". */
 #define ADMIN_CONN_MAX 512
+/* An admin connection is also refused ("limit") when fewer than this many
+ * descriptors would be left after it: they are kept for NBD clients (3
+ * each in nbdkit) and the engine, whatever the limit was lowered to while
+ * the server runs.  -D nbdsnap.admin_fd_keep=N sets another, -1 none
+ * (tests). */
+#define ADMIN_FDS_KEEP 16
 /* Descriptors the admin loop holds besides its connections: the listening
  * socket, libev's epoll descriptor, ev_async's eventfd (a pipe pair where
  * there is no eventfd), and one accepted socket being refused. */
@@ -62,6 +68,7 @@ struct admin_conn {
 
 struct admin_stats {
   uint64_t accepted, refused, requests, errors, closed_slow;
+  uint64_t refused_fds;             /* refused to keep ADMIN_FDS_KEEP */
   uint64_t accept_errors;           /* accept failures, all bursts */
 };
 

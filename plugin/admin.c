@@ -16,7 +16,11 @@
  *   checks the peer's uid (SO_PEERCRED: the uid running nbdkit, or root)
  *   and refuses the rest with one error line, as it refuses connections
  *   beyond admin_conn_limit () (a quarter of the descriptor limit, at
- *   most ADMIN_CONN_MAX).
+ *   most ADMIN_CONN_MAX) and those that would leave fewer than
+ *   ADMIN_FDS_KEEP descriptors free (fdlimit_free).  Both are asked at
+ *   each accept, of the limit in force: an administrator may lower it
+ *   while the server runs, and NBD clients must still get their
+ *   descriptors.
  *
  * - accept never spins.  The listening socket is level-triggered: when
  *   accept fails with EMFILE, ENFILE, ENOBUFS, ENOMEM (or anything but
@@ -38,6 +42,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -55,6 +60,10 @@
 
 /* -D nbdsnap.admin=1: log every admin request and connection. */
 NBDKIT_DLL_PUBLIC int nbdsnap_debug_admin;
+
+/* -D nbdsnap.admin_fd_keep=N: keep N descriptors, not ADMIN_FDS_KEEP
+ * (-1: none, accept until it fails). */
+NBDKIT_DLL_PUBLIC int nbdsnap_debug_admin_fd_keep;
 
 /* How long accept pauses after a failure (EMFILE ...). */
 #define ACCEPT_RETRY_SECONDS 0.1
@@ -251,6 +260,7 @@ accept_one (int fd)
             "permission denied: this uid may not administer the server");
     return;
   }
+  admin.conn_limit = admin_conn_limit ();
   if (admin.nconns >= admin.conn_limit) {
     nbdkit_error ("admin: refused connection from pid %d: already %u "
                   "admin connections, the most allowed (a quarter of the "
@@ -258,6 +268,24 @@ accept_one (int fd)
                   admin.nconns, ADMIN_CONN_MAX);
     refuse (fd, PROTO_ERR_LIMIT, "too many admin connections");
     return;
+  }
+  {
+    int flag = nbdsnap_debug_admin_fd_keep;
+    unsigned keep = flag > 0 ? (unsigned) flag : flag < 0 ? 0 : ADMIN_FDS_KEEP;
+    unsigned left = fdlimit_free ();
+
+    if (left < keep) {
+      admin.stats.refused_fds++;
+      if (admin.stats.refused_fds == 1 || nbdsnap_debug_admin)
+        nbdkit_error ("admin: refused connection from pid %d: %u "
+                      "descriptors free of the limit %u, %u are kept for "
+                      "NBD clients (%" PRIu64 " refused so far)",
+                      (int) cred.pid, left, fdlimit_soft (), keep,
+                      admin.stats.refused_fds);
+      refuse (fd, PROTO_ERR_LIMIT, "too many admin connections: the "
+              "server is short of file descriptors");
+      return;
+    }
   }
   if (admin_conn_new (fd, cred.uid, cred.pid) == -1) {
     refuse (fd, PROTO_ERR_INTERNAL, "out of memory");
@@ -418,13 +446,19 @@ admin_stats_json (void)
 {
   json_t *r;
 
-  r = json_pack ("{s:I,s:I,s:I,s:b,s:I,s:I,s:I,s:I,s:I}",
+  unsigned left = fdlimit_free ();
+
+  r = json_pack ("{s:I,s:I,s:I,s:I,s:I,s:b,s:I,s:I,s:I,s:I,s:I,s:I}",
                  "connections", (json_int_t) admin.nconns,
-                 "connection_limit", (json_int_t) admin.conn_limit,
+                 "connection_limit", (json_int_t) admin_conn_limit (),
+                 "descriptor_limit", (json_int_t) fdlimit_soft (),
+                 "descriptors_free",
+                 (json_int_t) (left == UINT_MAX ? -1 : (json_int_t) left),
                  "accept_errors", (json_int_t) admin.stats.accept_errors,
                  "accept_paused", admin.burst.failures > 0,
                  "accepted", (json_int_t) admin.stats.accepted,
                  "refused", (json_int_t) admin.stats.refused,
+                 "refused_descriptors", (json_int_t) admin.stats.refused_fds,
                  "requests", (json_int_t) admin.stats.requests,
                  "errors", (json_int_t) admin.stats.errors,
                  "closed_slow", (json_int_t) admin.stats.closed_slow);

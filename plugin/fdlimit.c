@@ -8,8 +8,10 @@
  */
 #include <config.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <sys/resource.h>
 
 #define NBDKIT_API_VERSION 2
@@ -57,4 +59,21 @@ fdlimit_soft (void)
   if (getrlimit (RLIMIT_NOFILE, &rl) == -1)
     return 1024;
   return clamp (rl.rlim_cur);
+}
+
+unsigned
+fdlimit_free (void)
+{
+  unsigned limit = fdlimit_soft (), open = 0;
+  struct dirent *d;
+  DIR *dir = opendir ("/proc/self/fd");
+
+  if (dir == NULL)
+    return errno == EMFILE || errno == ENFILE ? 0 : UINT_MAX;
+  while ((d = readdir (dir)) != NULL)
+    if (d->d_name[0] != '.')
+      open++;
+  closedir (dir);
+  open = open > 0 ? open - 1 : 0; /* the directory's own descriptor */
+  return open >= limit ? 0 : limit - open;
 }

@@ -5,9 +5,11 @@
  * engine keeps two per snapshot (bitmap and store) and the admin loop one
  * per admin connection.  The distribution default soft limit of 1024 is
  * easy to exhaust, so .config_complete raises the soft limit to the hard
- * limit, once, before anything else is opened; after that the limit never
- * changes (nobody else in the process calls setrlimit), so readers need
- * no lock.
+ * limit, once, before anything else is opened.  Nobody else in the
+ * process calls setrlimit, but an administrator may lower the limit of
+ * the running server (prlimit --nofile): callers that need the limit in
+ * force ask again (fdlimit_soft, fdlimit_free), nothing caches it.  No
+ * lock: the kernel answers.
  */
 #ifndef NBDSNAP_PLUGIN_FDLIMIT_H
 #define NBDSNAP_PLUGIN_FDLIMIT_H
@@ -20,5 +22,11 @@ extern void fdlimit_raise (void);
 /* The soft RLIMIT_NOFILE now in force (capped at UINT_MAX; 1024 if it
  * cannot be read). */
 extern unsigned fdlimit_soft (void);
+
+/* Descriptors that can still be opened: the soft limit in force less the
+ * descriptors open now (counted in /proc/self/fd; the directory's own is
+ * not counted).  UINT_MAX if it cannot be counted (no /proc, or no
+ * descriptor left to count with: then 0). */
+extern unsigned fdlimit_free (void);
 
 #endif /* NBDSNAP_PLUGIN_FDLIMIT_H */

@@ -8,8 +8,15 @@
  *
  * - The base image (the origin) is opened once, in .config_complete, so
  *   that a missing, unreadable, empty or wrong kind of file is an error at
- *   start-up; every connection shares that one descriptor (thread model
- *   PARALLEL: the origin layer uses pread/pwrite only and needs no lock).
+ *   start-up; every connection shares that one descriptor (the origin
+ *   layer uses pread/pwrite only and needs no lock).
+ *
+ * - The thread model is PARALLEL at most and chosen in .thread_model
+ *   (plugin/threads.c, parameter parallel=): on an nbdkit that aborts when
+ *   a client dies with requests in flight (1.32.4 to 1.33.9, Debian 12's
+ *   included) it is SERIALIZE_REQUESTS and .extents returns one extent per
+ *   call.  Nothing else depends on the model: every callback is safe in
+ *   PARALLEL.
  *
  * - The snapshot engine (src/engine.c) is opened in .get_ready, with the
  *   admin socket (plugin/admin.c) and the catalog, so that their errors
@@ -76,6 +83,7 @@
 #include "fdlimit.h"
 #include "params.h"
 #include "registry.h"
+#include "threads.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -154,6 +162,21 @@ nbdsnap_config_complete (void)
   if (r == -1)
     return -1;
   return config_finish (origin.is_blockdev);
+}
+
+/* After .config_complete: the model nbdkit runs us in (see threads.h). */
+static int
+nbdsnap_thread_model (void)
+{
+  int model = threads_decide (nbdsnap_cfg.parallel,
+                              threads_running_version ());
+
+  nbdkit_debug ("thread model %s: %s", threads_model_name (),
+                threads_reason ());
+  if (nbdsnap_cfg.parallel == THREADS_ON
+      && threads_version_affected (threads_running_version ()))
+    fprintf (stderr, "nbdkit: nbdsnap: warning: %s\n", threads_reason ());
+  return model;
 }
 
 #define NBD_CONN_FDS_RESERVED (3 * 32 + 32)
@@ -283,6 +306,8 @@ static void
 nbdsnap_dump_plugin (void)
 {
   printf ("nbdsnap_version=%s\n", PACKAGE_VERSION);
+  /* nbdkit printed thread_model= above, having called .thread_model. */
+  printf ("nbdsnap_thread_model_reason=%s\n", threads_reason ());
 }
 
 static void *
@@ -556,9 +581,17 @@ nbdsnap_cache (void *handle, uint32_t count, uint64_t offset,
   return catalog_conn_done (h->conn, CATALOG_REQ_OTHER, 0, r);
 }
 
+/* .extents.  Normally every extent goes to nbdkit as it comes.  With
+ * REQ_ONE, or threads_short_extents (), the reply must carry one extent:
+ * adjacent extents of one type are merged into it (the engine reports a
+ * snapshot chunk by chunk), and the walk stops at the first change of
+ * type; the client asks again for the rest (nbdkit-plugin(3)). */
 struct extents_ctx {
   struct nbdkit_extents *extents;
-  bool req_one;
+  bool one;                     /* one extent only */
+  bool pending;                 /* one: an extent is being merged */
+  uint64_t offset, length;      /* one: that extent */
+  uint32_t type;
 };
 
 static int
@@ -567,9 +600,23 @@ add_extent (void *opaque, uint64_t offset, uint64_t length, bool hole)
   struct extents_ctx *ctx = opaque;
   uint32_t type = hole ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0;
 
-  if (nbdkit_add_extent (ctx->extents, offset, length, type) == -1)
-    return -1;                  /* reported by nbdkit */
-  return ctx->req_one ? 1 : 0;
+  if (!ctx->one) {
+    if (nbdkit_add_extent (ctx->extents, offset, length, type) == -1)
+      return -1;                /* reported by nbdkit */
+    return 0;
+  }
+  if (!ctx->pending) {
+    ctx->pending = true;
+    ctx->offset = offset;
+    ctx->length = length;
+    ctx->type = type;
+    return 0;
+  }
+  if (type == ctx->type && offset == ctx->offset + ctx->length) {
+    ctx->length += length;
+    return 0;
+  }
+  return 1;                     /* another type: the one extent is done */
 }
 
 static int
@@ -579,7 +626,7 @@ nbdsnap_extents (void *handle, uint32_t count, uint64_t offset,
   struct handle *h = handle;
   struct extents_ctx ctx = {
     .extents = extents,
-    .req_one = flags & NBDKIT_FLAG_REQ_ONE,
+    .one = (flags & NBDKIT_FLAG_REQ_ONE) || threads_short_extents (),
   };
   int r;
 
@@ -590,6 +637,9 @@ nbdsnap_extents (void *handle, uint32_t count, uint64_t offset,
   else
     r = nbdsnap_snap_extents (engine, h->snap, offset, count, add_extent,
                               &ctx);
+  if (r == 0 && ctx.pending
+      && nbdkit_add_extent (extents, ctx.offset, ctx.length, ctx.type) == -1)
+    r = -1;                     /* reported by nbdkit */
   catalog_leave (h->conn);
   return catalog_conn_done (h->conn, CATALOG_REQ_OTHER, 0, r);
 }
@@ -605,6 +655,7 @@ static struct nbdkit_plugin plugin = {
   .config = nbdsnap_config,
   .config_complete = nbdsnap_config_complete,
   .config_help = NBDSNAP_CONFIG_HELP,
+  .thread_model = nbdsnap_thread_model,
   .get_ready = nbdsnap_get_ready,
   .after_fork = nbdsnap_after_fork,
   .cleanup = nbdsnap_cleanup,

@@ -37,6 +37,7 @@
 #include "nbdsnap/admin.h"
 #include "nbdsnap/err.h"
 #include "registry.h"
+#include "threads.h"
 #include "holds.h"
 
 /* Set once before the admin loop starts, read-only afterwards. */
@@ -529,8 +530,14 @@ op_stats (uint64_t conn)
       "bytes_written", (json_int_t) wr,
       "chunk_size",
       (json_int_t) nbdsnap_engine_chunk_size (catalog_engine (cat))));
-  if (r)
+  if (r) {
     json_object_set_new (r, "totals", totals_json (&t, &ec));
+    json_object_set_new (r, "threads", json_pack (
+      "{s:s, s:s, s:b}",
+      "model", threads_model_name (),
+      "reason", threads_reason (),
+      "short_extents", threads_short_extents ()));
+  }
   return r;
 }
 

@@ -38,7 +38,8 @@ struct plugin_config nbdsnap_cfg;
 NBDKIT_DLL_PUBLIC int nbdsnap_debug_config;
 
 /* Which keys were given, to refuse a key given twice. */
-static bool given_chunk_size, given_durability, given_max_store, given_adopt;
+static bool given_chunk_size, given_durability, given_max_store, given_adopt,
+  given_parallel;
 
 int
 config_parse_size (const char *key, const char *value, uint64_t *size)
@@ -123,6 +124,22 @@ set_durability (const char *value)
   return 0;
 }
 
+static int
+set_parallel (const char *value)
+{
+  if (strcmp (value, "auto") == 0)
+    nbdsnap_cfg.parallel = THREADS_AUTO;
+  else if (strcmp (value, "on") == 0)
+    nbdsnap_cfg.parallel = THREADS_ON;
+  else if (strcmp (value, "off") == 0)
+    nbdsnap_cfg.parallel = THREADS_OFF;
+  else {
+    nbdkit_error ("parallel=%s: must be 'auto', 'on' or 'off'", value);
+    return -1;
+  }
+  return 0;
+}
+
 /* adopt=: a boolean; only 1 does anything (see params.h). */
 static int
 set_adopt (const char *value)
@@ -157,6 +174,8 @@ config_set (const char *key, const char *value)
     given = &given_max_store;
   else if (strcmp (key, "adopt") == 0)
     given = &given_adopt;
+  else if (strcmp (key, "parallel") == 0)
+    given = &given_parallel;
   else {
     nbdkit_error ("%s=%s: unknown parameter (see: nbdkit nbdsnap --help)", key,
                   value);
@@ -177,6 +196,8 @@ config_set (const char *key, const char *value)
     return set_durability (value);
   if (given == &given_adopt)
     return set_adopt (value);
+  if (given == &given_parallel)
+    return set_parallel (value);
   return config_parse_size ("max-store", value, &nbdsnap_cfg.max_store);
 }
 
@@ -337,13 +358,16 @@ config_finish (bool is_blockdev)
   if (nbdsnap_debug_config)
     nbdkit_debug (
         "config: file=%s%s statedir=%s admin=%s chunk-size=%" PRIu32
-        "%s durability=%s max-store=%" PRIu64 " adopt=%d",
+        "%s durability=%s max-store=%" PRIu64 " adopt=%d parallel=%s",
         nbdsnap_cfg.file, nbdsnap_cfg.file_readonly ? " (read-only)" : "",
         nbdsnap_cfg.statedir, nbdsnap_cfg.admin, nbdsnap_cfg.chunk_size,
         nbdsnap_cfg.chunk_size ? "" : " (the directory's)",
         nbdsnap_cfg.durability == NBDSNAP_DURABILITY_POWER ? "power"
                                                            : "process",
-        nbdsnap_cfg.max_store, nbdsnap_cfg.adopt);
+        nbdsnap_cfg.max_store, nbdsnap_cfg.adopt,
+        nbdsnap_cfg.parallel == THREADS_ON    ? "on"
+        : nbdsnap_cfg.parallel == THREADS_OFF ? "off"
+                                              : "auto");
   return 0;
 }
 
@@ -354,5 +378,6 @@ config_free (void)
   free (nbdsnap_cfg.statedir);
   free (nbdsnap_cfg.admin);
   memset (&nbdsnap_cfg, 0, sizeof nbdsnap_cfg);
-  given_chunk_size = given_durability = given_max_store = given_adopt = false;
+  given_chunk_size = given_durability = given_max_store = given_adopt =
+    given_parallel = false;
 }

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "nbdsnap/engine.h" /* enum nbdsnap_durability, chunk limits */
+#include "threads.h"         /* enum threads_choice */
 
 struct plugin_config {
   char *file;                         /* file=: the base image, absolute */
@@ -26,6 +27,8 @@ struct plugin_config {
   bool file_readonly; /* the image cannot be opened for writing */
   bool adopt;         /* adopt=1: an image refused as another disk is the
                          state directory's disk (src/statedir.h) */
+  enum threads_choice parallel;       /* parallel=, default auto
+                                         (plugin/threads.h) */
 };
 
 extern struct plugin_config nbdsnap_cfg;
@@ -38,7 +41,9 @@ extern struct plugin_config nbdsnap_cfg;
   "durability=power|process  Sync copied chunks before overwriting (power).\n" \
   "max-store=SIZE         Default per-snapshot store limit (0 = none).\n"   \
   "adopt=1                The image is the state directory's disk (after\n" \
-  "                       a restore or move it refused; see the man page)."
+  "                       a restore or move it refused; see the man page).\n" \
+  "parallel=auto|on|off   Parallel requests per connection (auto: not on\n" \
+  "                       an nbdkit that aborts when a client dies)."
 
 /* .config: one key=value; -1 (reported) for an unknown key, a key given
  * twice or a malformed value. */
