@@ -63,6 +63,9 @@ CLIENT_CPU = env("CLIENT_CPU", "1")
 NBDKIT = env("NBDKIT", "nbdkit")
 QSD = env("QSD", "qemu-storage-daemon")
 FIO = env("FIO", "fio")
+# docs/BENCHMARKS.md's section written by bench/threads.
+THREADS_BEGIN = "<!-- bench/threads: begin -->"
+THREADS_END = "<!-- bench/threads: end -->"
 NBDCOPY = env("NBDCOPY", "nbdcopy")
 
 # The image: every write of a workload lands in a chunk of its own.
@@ -774,8 +777,16 @@ def report(results, creates, rss, meta, outdir):
                                         ("first4k", "steady4k", "first64k")))
             w("| %s | %s |" % (name, " | ".join(cells)))
         w("")
-    with open(os.path.join(outdir, "BENCHMARKS.md"), "w") as f:
-        f.write("\n".join(L))
+    # bench/threads' section (between its markers) is kept as it was.
+    path = os.path.join(outdir, "BENCHMARKS.md")
+    kept = ""
+    if os.path.exists(path):
+        old = open(path).read()
+        b, e = old.find(THREADS_BEGIN), old.find(THREADS_END)
+        if b >= 0 and e > b:
+            kept = "\n" + old[b:e + len(THREADS_END)] + "\n"
+    with open(path, "w") as f:
+        f.write("\n".join(L) + kept)
     return targets
 
 
