@@ -223,6 +223,10 @@ atfork_child (void)
     ready_owner = getpid ();
 }
 
+/* -D nbdsnap.seal_lease_ms=N: the seal's lease is N ms, not 5 s (tests;
+ * src/seal.h). */
+NBDKIT_DLL_PUBLIC int nbdsnap_debug_seal_lease_ms;
+
 /* Open the engine and bind the admin socket: errors reach the user. */
 static int
 nbdsnap_get_ready (void)
@@ -238,6 +242,9 @@ nbdsnap_get_ready (void)
      * 3 each, and nbdkit and libraries hold a few). */
     .fd_reserve = admin_fd_reserve () + NBD_CONN_FDS_RESERVED,
     .adopt = nbdsnap_cfg.adopt,
+    .invalidate_changed = nbdsnap_cfg.invalidate_changed,
+    .seal_lease_ms = nbdsnap_debug_seal_lease_ms > 0
+                     ? (unsigned) nbdsnap_debug_seal_lease_ms : 0,
   };
 
   {
@@ -288,6 +295,7 @@ nbdsnap_after_fork (void)
    * fork into the background. */
   if (catalog_start (catalog) == -1)
     return -1;
+  nbdsnap_engine_start (engine); /* failure reported; writers renew */
   registry_find_listeners (nbdsnap_cfg.admin);
   return admin_start ();
 }

@@ -39,7 +39,7 @@ NBDKIT_DLL_PUBLIC int nbdsnap_debug_config;
 
 /* Which keys were given, to refuse a key given twice. */
 static bool given_chunk_size, given_durability, given_max_store, given_adopt,
-  given_parallel;
+  given_parallel, given_image_changed;
 
 int
 config_parse_size (const char *key, const char *value, uint64_t *size)
@@ -140,6 +140,21 @@ set_parallel (const char *value)
   return 0;
 }
 
+static int
+set_image_changed (const char *value)
+{
+  if (strcmp (value, "refuse") == 0)
+    nbdsnap_cfg.invalidate_changed = false;
+  else if (strcmp (value, "invalidate") == 0)
+    nbdsnap_cfg.invalidate_changed = true;
+  else {
+    nbdkit_error ("image-changed=%s: must be 'refuse' or 'invalidate'",
+                  value);
+    return -1;
+  }
+  return 0;
+}
+
 /* adopt=: a boolean; only 1 does anything (see params.h). */
 static int
 set_adopt (const char *value)
@@ -176,6 +191,8 @@ config_set (const char *key, const char *value)
     given = &given_adopt;
   else if (strcmp (key, "parallel") == 0)
     given = &given_parallel;
+  else if (strcmp (key, "image-changed") == 0)
+    given = &given_image_changed;
   else {
     nbdkit_error ("%s=%s: unknown parameter (see: nbdkit nbdsnap --help)", key,
                   value);
@@ -198,6 +215,8 @@ config_set (const char *key, const char *value)
     return set_adopt (value);
   if (given == &given_parallel)
     return set_parallel (value);
+  if (given == &given_image_changed)
+    return set_image_changed (value);
   return config_parse_size ("max-store", value, &nbdsnap_cfg.max_store);
 }
 
@@ -358,7 +377,8 @@ config_finish (bool is_blockdev)
   if (nbdsnap_debug_config)
     nbdkit_debug (
         "config: file=%s%s statedir=%s admin=%s chunk-size=%" PRIu32
-        "%s durability=%s max-store=%" PRIu64 " adopt=%d parallel=%s",
+        "%s durability=%s max-store=%" PRIu64 " adopt=%d parallel=%s "
+        "image-changed=%s",
         nbdsnap_cfg.file, nbdsnap_cfg.file_readonly ? " (read-only)" : "",
         nbdsnap_cfg.statedir, nbdsnap_cfg.admin, nbdsnap_cfg.chunk_size,
         nbdsnap_cfg.chunk_size ? "" : " (the directory's)",
@@ -367,7 +387,8 @@ config_finish (bool is_blockdev)
         nbdsnap_cfg.max_store, nbdsnap_cfg.adopt,
         nbdsnap_cfg.parallel == THREADS_ON    ? "on"
         : nbdsnap_cfg.parallel == THREADS_OFF ? "off"
-                                              : "auto");
+                                              : "auto",
+        nbdsnap_cfg.invalidate_changed ? "invalidate" : "refuse");
   return 0;
 }
 
@@ -379,5 +400,5 @@ config_free (void)
   free (nbdsnap_cfg.admin);
   memset (&nbdsnap_cfg, 0, sizeof nbdsnap_cfg);
   given_chunk_size = given_durability = given_max_store = given_adopt =
-    given_parallel = false;
+    given_parallel = given_image_changed = false;
 }

@@ -29,6 +29,8 @@ struct plugin_config {
                          state directory's disk (src/statedir.h) */
   enum threads_choice parallel;       /* parallel=, default auto
                                          (plugin/threads.h) */
+  bool invalidate_changed; /* image-changed=invalidate (default refuse):
+                              src/seal.h */
 };
 
 extern struct plugin_config nbdsnap_cfg;
@@ -43,7 +45,10 @@ extern struct plugin_config nbdsnap_cfg;
   "adopt=1                The image is the state directory's disk (after\n" \
   "                       a restore or move it refused; see the man page).\n" \
   "parallel=auto|on|off   Parallel requests per connection (auto: not on\n" \
-  "                       an nbdkit that aborts when a client dies)."
+  "                       an nbdkit that aborts when a client dies).\n" \
+  "image-changed=refuse|invalidate  An image written while no server had\n" \
+  "                       it open: refuse to start (the default), or make\n" \
+  "                       every snapshot invalid."
 
 /* .config: one key=value; -1 (reported) for an unknown key, a key given
  * twice or a malformed value. */

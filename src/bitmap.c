@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "nbdsnap/checksum.h"
 #include "nbdsnap/err.h"
 #include "nbdsnap/io.h"
 #include "bitmap.h"
@@ -79,13 +80,7 @@ const uint64_t bitmap_ones[BITMAP_PAGE_WORDS] = {
 static uint64_t
 header_checksum (const struct bitmap_header *h)
 {
-  const unsigned char *p = (const unsigned char *) h;
-  uint64_t x = UINT64_C (0xcbf29ce484222325);
-  size_t i;
-
-  for (i = 0; i < offsetof (struct bitmap_header, checksum); ++i)
-    x = (x ^ p[i]) * UINT64_C (0x100000001b3);
-  return x;
+  return checksum_fnv1a64 (h, offsetof (struct bitmap_header, checksum));
 }
 
 static uint64_t

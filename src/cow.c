@@ -110,11 +110,12 @@ sync_bitmap (void *opaque)
 }
 
 /* Mark a snapshot invalid after a failed copy, durably (in place in its
- * bitmap header, whatever the durability mode: invalidation is rare).
+ * bitmap header, whatever the durability mode: invalidation is rare; if
+ * the bitmap file fails, in its meta file instead, which open reads too).
  * Caller holds the chunk's stripe exclusive.  0: the caller goes on; -1
- * (errno EIO): the mark is not on disk, and the origin write that made it
- * necessary must fail, or the snapshot would be live again after a
- * restart and read the new bytes. */
+ * (errno EIO): the mark is in no durable place, and the origin write that
+ * made it necessary must fail, or the snapshot would be live again after
+ * a restart and read the new bytes. */
 static int
 invalidate (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
             const char *why, int err)
@@ -124,7 +125,8 @@ invalidate (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
   __atomic_fetch_add (&e->counters.invalidations, 1, __ATOMIC_RELAXED);
   errno = err;
   nbdsnap_error ("snapshot %s is now invalid: %s: %m", s->name, why);
-  if (snap_set_state (s, NBDSNAP_STATE_INVALID) == -1) {
+  if (snap_set_state (s, NBDSNAP_STATE_INVALID) == -1
+      && snap_record_invalid_in_meta (&e->sd, s) == -1) {
     errno = EIO;
     return -1;
   }
@@ -386,7 +388,7 @@ nbdsnap_engine_pwrite (struct nbdsnap_engine *e, const void *buf,
 {
   int r;
 
-  if (check_range (e, count, offset) == -1)
+  if (check_range (e, count, offset) == -1 || seal_lease (&e->seal) == -1)
     return -1;
   pthread_rwlock_rdlock (&e->chain_lock);
   r = cow_range (e, count, offset, fua);
@@ -402,7 +404,7 @@ nbdsnap_engine_zero (struct nbdsnap_engine *e, uint32_t count,
 {
   int r;
 
-  if (check_range (e, count, offset) == -1)
+  if (check_range (e, count, offset) == -1 || seal_lease (&e->seal) == -1)
     return -1;
   pthread_rwlock_rdlock (&e->chain_lock);
   r = cow_range (e, count, offset, fua);
@@ -418,7 +420,7 @@ nbdsnap_engine_trim (struct nbdsnap_engine *e, uint32_t count,
 {
   int r;
 
-  if (check_range (e, count, offset) == -1)
+  if (check_range (e, count, offset) == -1 || seal_lease (&e->seal) == -1)
     return -1;
   pthread_rwlock_rdlock (&e->chain_lock);
   r = cow_range (e, count, offset, fua);

@@ -13,6 +13,7 @@
 #include "nbdsnap/engine.h"
 #include "nbdsnap/origin.h"
 #include "snap.h"
+#include "seal.h"
 #include "statedir.h"
 
 #define CHUNK_STRIPES 256
@@ -20,6 +21,8 @@
 struct nbdsnap_engine {
   struct nbdsnap_origin *origin;
   struct statedir sd;
+  struct seal seal;                 /* the image as the server left it
+                                       (seal.h); its own lock, a leaf */
   uint32_t chunk_size;
   unsigned chunk_shift;
   uint64_t size;

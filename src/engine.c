@@ -1182,6 +1182,73 @@ fs_reflinks (int fd)
          || st.f_type == 0x9123683e;      /* BTRFS_SUPER_MAGIC */
 }
 
+/* Was the image changed while no server had it open (seal.h)?  Its
+ * snapshots read it wherever they copied nothing: refuse, or with
+ * invalidate_changed make them invalid; adopt=1 takes it as it is (and
+ * both record it as it is now, so that the next start agrees).  The
+ * running record comes with the first origin write (seal_lease). */
+static int
+check_image (struct nbdsnap_engine *e,
+             const struct nbdsnap_engine_config *cfg)
+{
+  enum seal_verdict v;
+  struct nbdsnap_snap *s;
+  char why[400];
+  unsigned n = 0;
+
+  if (seal_check (&e->seal, e->sd.dirfd, e->origin, e->durability,
+                  cfg->seal_lease_ms * INT64_C (1000000), &v, why,
+                  sizeof why) == -1)
+    return -1;
+  for (s = e->oldest; s != NULL; s = s->newer)
+    if (snap_state (s) != NBDSNAP_STATE_INVALID && !s->delete_pending)
+      n++;
+  switch (v) {
+  case SEAL_NONE:
+  case SEAL_SAME:
+    nbdsnap_debug ("%s: %s", e->origin->path,
+                   v == SEAL_SAME ? "as the server left it" : why);
+    break;
+  case SEAL_UNCHECKED:
+    if (n > 0)
+      nbdsnap_error ("%s: not checked for writes made while no server had "
+                     "it open: %s", e->origin->path, why);
+    break;
+  case SEAL_CHANGED:
+    if (n == 0)
+      nbdsnap_debug ("%s: %s (no snapshot reads it)", e->origin->path, why);
+    else if (cfg->adopt) {
+      nbdsnap_error ("%s: %s; adopt=1: taken as the bytes the server left, "
+                     "%u snapshots kept", e->origin->path, why, n);
+      return seal_running (&e->seal);
+    }
+    else if (cfg->invalidate_changed) {
+      nbdsnap_error ("%s: %s; image-changed=invalidate: its %u snapshots "
+                     "are now invalid (reads fail with EIO; delete them)",
+                     e->origin->path, why, n);
+      for (s = e->oldest; s != NULL; s = s->newer)
+        if (snap_state (s) != NBDSNAP_STATE_INVALID && !s->delete_pending)
+          open_invalid (s, "the image was changed while no server had it "
+                        "open");
+      return seal_running (&e->seal);
+    }
+    else {
+      errno = EINVAL;
+      nbdsnap_error ("%s: the image was changed while no server had it "
+                     "open: %s.  Its %u snapshots would read the new bytes "
+                     "wherever they copied nothing.  Put the image back as "
+                     "the server left it; or start with "
+                     "image-changed=invalidate to serve it and make every "
+                     "snapshot invalid; or, only if its bytes are exactly "
+                     "those the server last served (a chmod, a copy), "
+                     "adopt=1", e->origin->path, why, n);
+      return -1;
+    }
+    break;
+  }
+  return 0;
+}
+
 struct nbdsnap_engine *
 nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
 {
@@ -1204,6 +1271,7 @@ nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
     nbdsnap_error ("calloc: %m");
     return NULL;
   }
+  e->seal.fd = -1;
   e->origin = cfg->origin;
   e->size = cfg->origin->size;
   e->durability = cfg->durability;
@@ -1237,7 +1305,7 @@ nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
   for (i = 0; i < CHUNK_STRIPES; ++i)
     pthread_rwlock_init (&e->stripes[i], NULL);
 
-  if (load_all (e) == -1) {
+  if (load_all (e) == -1 || check_image (e, cfg) == -1) {
     nbdsnap_engine_abandon (e);
     return NULL;
   }
@@ -1273,6 +1341,12 @@ nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg)
 
 static void engine_close (struct nbdsnap_engine *e, bool abandon);
 
+int
+nbdsnap_engine_start (struct nbdsnap_engine *e)
+{
+  return seal_start (&e->seal);
+}
+
 void
 nbdsnap_engine_close (struct nbdsnap_engine *e)
 {
@@ -1293,6 +1367,17 @@ engine_close (struct nbdsnap_engine *e, bool abandon)
 
   if (e == NULL)
     return;
+  /* After the last origin write (nbdkit has closed every connection and
+   * the admin loop's jobs are done).  A failed start writes nothing: the
+   * record it found stays (a refused image stays refused), or goes with a
+   * state directory the start created. */
+  if (!abandon)
+    seal_clean (&e->seal);
+  else {
+    seal_close (&e->seal);
+    if (e->sd.created_dir || e->sd.created_header)
+      unlinkat (e->sd.dirfd, "seal", 0);
+  }
   for (s = e->oldest; s != NULL; s = next) {
     next = s->newer;
     snap_free (s);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "nbdsnap/checksum.h"
 #include "nbdsnap/err.h"
 #include "holds.h"
 
@@ -16,12 +17,7 @@
 static uint64_t
 holds_checksum (const char *text, size_t len)
 {
-  uint64_t x = UINT64_C (0xcbf29ce484222325);
-  size_t i;
-
-  for (i = 0; i < len; ++i)
-    x = (x ^ (unsigned char) text[i]) * UINT64_C (0x100000001b3);
-  return x;
+  return checksum_fnv1a64 (text, len);
 }
 
 void

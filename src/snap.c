@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "nbdsnap/checksum.h"
 #include "nbdsnap/err.h"
 #include "snap.h"
 
@@ -66,12 +67,7 @@ snap_free (struct nbdsnap_snap *s)
 static uint64_t
 meta_checksum (const char *text, size_t len)
 {
-  uint64_t x = UINT64_C (0xcbf29ce484222325);
-  size_t i;
-
-  for (i = 0; i < len; ++i)
-    x = (x ^ (unsigned char) text[i]) * UINT64_C (0x100000001b3);
-  return x;
+  return checksum_fnv1a64 (text, len);
 }
 
 int
@@ -161,6 +157,7 @@ snap_read_meta (struct statedir *sd, uint64_t id, struct nbdsnap_snap *s)
     nbdsnap_error ("%s/%s: unknown state \"%s\"", sd->path, name, state);
     return -1;
   }
+  s->meta_invalid = s->state == NBDSNAP_STATE_INVALID;
   return 0;
 }
 
@@ -207,7 +204,8 @@ snap_state_durable (struct nbdsnap_snap *s)
   pthread_mutex_lock (&s->meta_lock);
   want = header_state (s);
   ok = s->bm.state == want
-       || (s->invalid_at_open && snap_state (s) == NBDSNAP_STATE_INVALID);
+       || ((s->invalid_at_open || s->meta_invalid)
+           && snap_state (s) == NBDSNAP_STATE_INVALID);
   if (!ok && bitmap_set_state (&s->bm, want) == 0)
     ok = true;
   else if (!ok)
@@ -215,6 +213,22 @@ snap_state_durable (struct nbdsnap_snap *s)
                    "header: %m", s->name, snap_state_name (snap_state (s)));
   pthread_mutex_unlock (&s->meta_lock);
   return ok;
+}
+
+int
+snap_record_invalid_in_meta (struct statedir *sd, struct nbdsnap_snap *s)
+{
+  int r;
+
+  pthread_mutex_lock (&s->meta_lock);
+  r = snap_write_meta (sd, s);
+  if (r == 0)
+    s->meta_invalid = snap_state (s) == NBDSNAP_STATE_INVALID;
+  else
+    nbdsnap_error ("snapshot %s: cannot record the state invalid in its "
+                   "meta file either: %m", s->name);
+  pthread_mutex_unlock (&s->meta_lock);
+  return r == 0 && s->meta_invalid ? 0 : -1;
 }
 
 int

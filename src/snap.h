@@ -24,8 +24,9 @@
  * The state that counts is the one in the bitmap header, rewritten in
  * place (no free space needed) and synced whenever it changes: creating ->
  * live -> invalid and/or deleting.  The meta file's state line is what the
- * state was when the meta file was last written (at create, or when open
- * renames a snapshot); at open the worse of the two wins.
+ * state was when the meta file was last written (at create, when open
+ * renames a snapshot, or when the bitmap header could not take "invalid":
+ * snap_record_invalid_in_meta); at open the worse of the two wins.
  *
  * Create writes the bitmap (state creating) and the store, installs the
  * snapshot (writes may copy into it from then on), makes them durable in
@@ -76,6 +77,9 @@ struct nbdsnap_snap {
   bool delete_pending;
   /* While a delete moves this snapshot's chunks (atomics, bytes). */
   uint64_t move_done, move_total;
+  /* The meta file says invalid (snap_record_invalid_in_meta): durable
+   * although the bitmap header could not take it.  Under meta_lock. */
+  bool meta_invalid;
   /* damaged: found at open with its store or bitmap unusable (wrong size,
    * unreadable, missing): its data is never moved, and the older
    * snapshots that might read through it are invalid too.  Fixed after
@@ -128,6 +132,12 @@ extern int snap_read_meta (struct statedir *sd, uint64_t id,
  * persisted (reported): the state in memory has changed all the same, and
  * snap_state_durable says false until a later call succeeds. */
 extern int snap_set_state (struct nbdsnap_snap *s, enum nbdsnap_state state);
+/* The bitmap header could not take "invalid": record it in the meta file
+ * instead (open takes the worse of the two states), under meta_lock.  0:
+ * recorded, snap_state_durable says true from then on; -1 (reported):
+ * no durable place took it. */
+extern int snap_record_invalid_in_meta (struct statedir *sd,
+                                        struct nbdsnap_snap *s);
 /* Whether the state in memory is the one on disk; if not, try to write it
  * again.  The copy-on-write path calls this before it changes a chunk
  * that an invalid snapshot would need. */

@@ -413,16 +413,29 @@ check_header (struct statedir *sd, const struct nbdsnap_origin *o,
                      at, o->size, sd->path, size);
       return -1;
     }
+    if (nsnapfiles > 0 && o->size > size) {
+      nbdsnap_error ("image %s was resized: grown from %" PRIu64 " to %"
+                     PRIu64 " bytes, and its snapshots in %s are of the %"
+                     PRIu64 "-byte disk (a snapshot cannot change size).  "
+                     "To resize a disk that has snapshots: put its size "
+                     "back (truncate -s %" PRIu64 " %s), start the server "
+                     "with adopt=1 (the file changed, its bytes did not), "
+                     "back up what you need (nbdsnapctl backup) and delete "
+                     "every snapshot, stop it, resize the image, and start "
+                     "again", o->path, size, o->size, sd->path, size, size,
+                     o->path);
+      return -1;
+    }
     if (nsnapfiles > 0) {
-      nbdsnap_error ("image %s was resized: %s from %" PRIu64 " to %" PRIu64
-                     " bytes, and its snapshots in %s are of the %" PRIu64
-                     "-byte disk (a snapshot cannot change size).  To "
-                     "resize a disk that has snapshots: put its size back "
-                     "(truncate -s %" PRIu64 " %s), start the server, back "
-                     "up what you need (nbdsnapctl backup) and delete every "
-                     "snapshot, stop it, resize the image, and start again",
-                     o->path, o->size > size ? "grown" : "shrunk", size,
-                     o->size, sd->path, size, size, o->path);
+      nbdsnap_error ("image %s was resized: shrunk from %" PRIu64 " to %"
+                     PRIu64 " bytes, and its snapshots in %s are of the %"
+                     PRIu64 "-byte disk: the bytes past %" PRIu64 " are "
+                     "gone from the image, and the snapshots read them from "
+                     "it.  Restore the image, or put its size back "
+                     "(truncate -s %" PRIu64 " %s) and start the server "
+                     "with image-changed=invalidate (every snapshot then "
+                     "reads as EIO: delete them)", o->path, size, o->size,
+                     sd->path, size, o->size, size, o->path);
       return -1;
     }
     /* No snapshot depends on the size: the header takes the new one. */

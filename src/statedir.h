@@ -17,9 +17,15 @@
  *                          state-id 32 random hex digits
  *                          image-mark xattr|none
  *                          image-path /abs/path/disk.img   (informative)
+ *   seal                 the image as the server left it (clean or
+ *                        running with a lease), see seal.h
  *   snap-ID.meta         per snapshot, see snap.h
  *   snap-ID.bitmap
  *   snap-ID.store
+ *
+ * Identity says which file the image is; whether its bytes changed while
+ * no server had it open is the seal's (seal.h), checked by the engine
+ * once the snapshots are loaded.
  *
  * Identity.  A regular image gets the state id in its extended attribute
  * user.nbdsnap.state-id when the directory is created (image-mark xattr);

@@ -83,7 +83,12 @@ says "(d)" "truncate -s $size $img"
 says "(d)" "delete every snapshot"
 [ "$(statesum)" = "$before" ] || fail "(d): the state directory changed"
 truncate -s "$size" "$img"
-start_nbdkit "$img" "${args[@]}"
+# The file changed (twice resized), its bytes did not: the seal refuses it
+# unless adopt=1 says so, as the message said.
+says "(d)" "with adopt=1 (the file changed, its bytes did not)"
+refused "(d) size put back" "$img" "${args[@]}"
+says "(d) size put back" "was changed while no server had it open"
+start_nbdkit "$img" "${args[@]}" adopt=1
 ctl delete s1
 stop_nbdkit
 truncate -s $(( 2 * size )) "$img"

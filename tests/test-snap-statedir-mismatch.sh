@@ -3,8 +3,10 @@
 # was taken, nbdkit refuses to start - with a message naming the problem
 # and without touching the state directory - when the image was resized,
 # when another image of the same size is given that state directory, and
-# when the image file was replaced by a copy (another file).  Given its
-# own image again, it starts and the snapshot reads exactly its instant.
+# when the image file was replaced by a copy (another file), and when its
+# bytes were put back in place while it was stopped (the seal).  Given its
+# own image again, with adopt=1 (the bytes are the server's), it starts
+# and the snapshot reads exactly its instant.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires nbdcopy --version
 
@@ -40,6 +42,9 @@ truncate -s $(( size - 4096 )) "$img"
 refused "image shrunk" "resized" "$img"
 truncate -s "$size" "$img"
 cp "$tmpdir/at-s1.img" "$img"           # same file, its bytes back
+# Rewritten in place while stopped: the seal refuses it (test-identity-
+# rewritten.sh); adopt=1, below, says its bytes are the server's.
+refused "the image rewritten in place" "was changed while no server" "$img"
 
 cp "$img" "$tmpdir/other.img"
 refused "another image" "another image" "$tmpdir/other.img"
@@ -49,7 +54,7 @@ cp "$tmpdir/moved.img" "$img"
 refused "the image replaced by a copy" "another image" "$img"
 mv "$tmpdir/moved.img" "$img"
 
-start_nbdkit "$img" "${args[@]}"
+start_nbdkit "$img" "${args[@]}" adopt=1
 timeout 60 nbdcopy "nbd+unix:///s1?socket=$sock" "$tmpdir/got.img"
 [ "$(sha "$tmpdir/got.img")" = "$(sha "$tmpdir/at-s1.img")" ] ||
   fail "s1 is not its instant"

@@ -52,9 +52,12 @@
  *                           word of bits; held by bitmap_or_word only)
  *             (these three are leaves: none is held while taking another)
  *
- * Apart, a leaf that may be taken under any of the above: the admin jobs'
+ * Apart, leaves that may be taken under any of the above: the admin jobs'
  * lock (plugin/admin-job.c, jobs.lock), which admin_job_accepted takes
- * from an operation's worker thread.
+ * from an operation's worker thread; and the seal's lock (src/seal.h,
+ * mutex: writes of the seal record), which origin writes take before any
+ * engine lock (a rollback's, under job_lock) and the seal's thread takes
+ * alone.
  *
  * No lock is taken while holding a lock below it in this list.
  */
@@ -125,7 +128,17 @@ struct nbdsnap_engine_config {
                                        0 = NBDSNAP_FD_RESERVE_DEFAULT */
   bool adopt;                       /* an image whose identity differs from
                                        the state directory's record is the
-                                       same disk (adopt=1; src/statedir.h) */
+                                       same disk (adopt=1; src/statedir.h),
+                                       and its bytes are those the server
+                                       left, whatever the seal says
+                                       (src/seal.h) */
+  unsigned seal_lease_ms;           /* the seal's lease (src/seal.h); 0 =
+                                       SEAL_LEASE_NS (tests shorten it) */
+  bool invalidate_changed;          /* an image changed while no server had
+                                       it open (src/seal.h): every snapshot
+                                       is made invalid (image-changed=
+                                       invalidate); otherwise open refuses
+                                       (EINVAL) */
 };
 
 /* Every snapshot keeps NBDSNAP_FDS_PER_SNAPSHOT descriptors open (its
@@ -168,6 +181,11 @@ struct nbdsnap_snap_info {
 extern struct nbdsnap_engine *
 nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg);
 extern void nbdsnap_engine_close (struct nbdsnap_engine *e);
+
+/* Start the engine's thread (the seal's lease keeper, src/seal.h) in the
+ * process that serves: after nbdkit's fork into the background.  -1
+ * (reported) if it cannot start; the engine works without it. */
+extern int nbdsnap_engine_start (struct nbdsnap_engine *e);
 /* Close after a failed start (the server never served): as close, and
  * remove what the open created in the state directory, the directory
  * itself if it made it, unless snapshots were made (statedir_abandon). */

@@ -392,13 +392,15 @@ START_TEST (test_invalid_not_durable)   /* loop: _i = durability */
   wpat (1201, CHUNK, 0);                /* chunk 0 into a */
   b = mksnap ("b");
   /* b's invalid mark cannot be written: its bitmap descriptor is made
-   * read-only under it. */
+   * read-only under it, and its meta file, the second place, cannot be
+   * replaced (a directory where its temporary file goes). */
   rw = dup (b->bm.fd);
   ro = open (snapfile (2, "bitmap"), O_RDONLY);
   ck_assert_int_ge (rw, 0);
   ck_assert_int_ge (ro, 0);
   ck_assert_int_eq (dup2 (ro, b->bm.fd), b->bm.fd);
   close (ro);
+  ck_assert_int_eq (mkdir (snapfile (2, "meta.tmp"), 0700), 0);
 
   /* ... and its store fails: the write must fail, or b would be live
    * again after a restart and read the new bytes. */
@@ -439,6 +441,7 @@ START_TEST (test_invalid_not_durable)   /* loop: _i = durability */
    * b is invalid on disk, a took the copy. */
   ck_assert_int_eq (dup2 (rw, b->bm.fd), b->bm.fd);
   close (rw);
+  ck_assert_int_eq (rmdir (snapfile (2, "meta.tmp")), 0);
   wpat (1203, 100, 2 * CHUNK + 7);
   ck_assert_uint_eq (disk_state (2), BITMAP_STATE_INVALID);
   check_origin ();
@@ -446,6 +449,49 @@ START_TEST (test_invalid_not_durable)   /* loop: _i = durability */
   check_live (a, wa);
   ck_assert_uint_eq (info_of (a).chunks_copied, 2);
 
+  ereopen ();
+  check_invalid (lookup ("b"));
+  check_live (lookup ("a"), wa);
+  free (wa);
+}
+END_TEST
+
+/* Issue 18: b's bitmap file cannot be written at all (its header
+ * included), the state directory can: the invalid mark goes into b's meta
+ * file, and the origin writes succeed; b is invalid after a reopen, though
+ * its header still says live. */
+START_TEST (test_invalid_in_meta)       /* loop: _i = durability */
+{
+  struct nbdsnap_snap *a, *b;
+  unsigned char *wa;
+  int rw, ro;
+
+  start (SIZE, 1250, _i, CHUNK);
+  wa = dup_model ();
+  a = mksnap ("a");
+  wpat (1251, CHUNK, 0);                /* chunk 0 into a */
+  b = mksnap ("b");
+  rw = dup (b->bm.fd);
+  ro = open (snapfile (2, "bitmap"), O_RDONLY);
+  ck_assert_int_ge (rw, 0);
+  ck_assert_int_ge (ro, 0);
+  ck_assert_int_eq (dup2 (ro, b->bm.fd), b->bm.fd);
+  close (ro);
+
+  /* The bit cannot be written (EBADF on the read-only descriptor): b
+   * goes invalid, recorded in its meta file; the writes succeed. */
+  wpat (1252, 100, 2 * CHUNK + 7);
+  wpat (1253, CHUNK, 4 * CHUNK);
+  ck_assert_int_eq (nbdsnap_engine_zero (e, CHUNK, 6 * CHUNK, true, false,
+                                         false), 0);
+  memset (model + 6 * CHUNK, 0, CHUNK);
+  check_origin ();
+  check_invalid (b);
+  ck_assert_uint_eq (disk_state (2), BITMAP_STATE_LIVE);
+  check_live (a, wa);
+
+  ck_assert_int_eq (dup2 (rw, b->bm.fd), b->bm.fd);
+  close (rw);
   ereopen ();
   check_invalid (lookup ("b"));
   check_live (lookup ("a"), wa);
@@ -1598,6 +1644,7 @@ faults_suite (void)
   const struct helpers_tcase tcs[] = {
     { "invalid_durable", test_invalid_durable, 2 },
     { "invalid_not_durable_fails_write", test_invalid_not_durable, 2 },
+    { "invalid_in_meta", test_invalid_in_meta, 2 },
     { "delete_no_space", test_delete_no_space, 1 },
     { "read_race", test_read_race, 1 },
     { "recovery_creating", test_recovery_creating, 1 },
