@@ -388,8 +388,9 @@ nbdsnap_engine_pwrite (struct nbdsnap_engine *e, const void *buf,
 {
   int r;
 
-  if (check_range (e, count, offset) == -1 || seal_lease (&e->seal) == -1)
+  if (check_range (e, count, offset) == -1)
     return -1;
+  seal_lease (&e->seal);
   pthread_rwlock_rdlock (&e->chain_lock);
   r = cow_range (e, count, offset, fua);
   if (r == 0)
@@ -404,8 +405,9 @@ nbdsnap_engine_zero (struct nbdsnap_engine *e, uint32_t count,
 {
   int r;
 
-  if (check_range (e, count, offset) == -1 || seal_lease (&e->seal) == -1)
+  if (check_range (e, count, offset) == -1)
     return -1;
+  seal_lease (&e->seal);
   pthread_rwlock_rdlock (&e->chain_lock);
   r = cow_range (e, count, offset, fua);
   if (r == 0)
@@ -420,8 +422,9 @@ nbdsnap_engine_trim (struct nbdsnap_engine *e, uint32_t count,
 {
   int r;
 
-  if (check_range (e, count, offset) == -1 || seal_lease (&e->seal) == -1)
+  if (check_range (e, count, offset) == -1)
     return -1;
+  seal_lease (&e->seal);
   pthread_rwlock_rdlock (&e->chain_lock);
   r = cow_range (e, count, offset, fua);
   if (r == 0)

@@ -170,7 +170,9 @@ write_record (struct seal *seal, struct record *r)
   int n, m;
 
   memset (buf, 0, sizeof buf);
-  r->seq = ++seal->seq;
+  /* A failed write leaves seal->seq: the next one goes to the same
+   * slot, never over the last good record. */
+  r->seq = seal->seq + 1;
   n = snprintf (buf, sizeof buf,
                 MAGIC "state %s\nseq %" PRIu64 "\nsize %" PRIu64 "\n"
                 "mtime %" PRId64 "\nctime %" PRId64 "\nlease %" PRId64 "\n"
@@ -197,6 +199,7 @@ write_record (struct seal *seal, struct record *r)
     return -1;
   if (seal->sync && fdatasync (seal->fd) == -1)
     return -1;
+  seal->seq = r->seq;
   return 0;
 }
 
@@ -246,10 +249,15 @@ seal_check (struct seal *seal, int dirfd, const struct nbdsnap_origin *o,
         ? &slot[0] : slot[1].valid ? &slot[1] : NULL;
   if (sample (o, &now) == -1)
     return -1;
+  if (rec == NULL && n > 0) {
+    *verdict = SEAL_UNCHECKED;
+    snprintf (why, len, "the state directory's %s file is damaged (no "
+              "valid record)", SEAL_FILE);
+    return 0;
+  }
   if (rec == NULL) {
     *verdict = SEAL_NONE;
-    snprintf (why, len, "no record of the image (%s)",
-              n > 0 ? "the seal is damaged" : "a new seal");
+    snprintf (why, len, "no record of the image yet");
     return 0;
   }
   seal->seq = rec->seq;
@@ -324,8 +332,10 @@ renew (struct seal *seal)
   r.lease = lease;
   if (write_record (seal, &r) == -1) {
     if (!seal->failed)
-      nbdsnap_error ("state directory: %s: writing the server's lease: %m",
-                     SEAL_FILE);
+      nbdsnap_error ("state directory: %s: writing the server's lease: %m "
+                     "(the origin is written all the same; after a crash "
+                     "the next start may take the server's own writes for "
+                     "outside ones: then adopt=1)", SEAL_FILE);
     seal->failed = true;
     return -1;
   }
@@ -345,24 +355,19 @@ seal_running (struct seal *seal)
   return r;
 }
 
-int
+void
 seal_lease (struct seal *seal)
 {
-  int r = 0, err;
-
   int64_t renew_ns = seal->lease_ns / 5 * 3;
 
-  if (__atomic_load_n (&seal->lease, __ATOMIC_ACQUIRE)
-      - now_ns (CLOCK_REALTIME) >= renew_ns)
-    return 0;
+  if (!seal->active
+      || __atomic_load_n (&seal->lease, __ATOMIC_ACQUIRE)
+         - now_ns (CLOCK_REALTIME) >= renew_ns)
+    return;
   pthread_mutex_lock (&seal->lock);
   if (seal->lease - now_ns (CLOCK_REALTIME) < renew_ns)
-    r = renew (seal);
-  err = errno;
+    renew (seal);               /* a failure is logged once */
   pthread_mutex_unlock (&seal->lock);
-  if (r == -1)
-    errno = err == 0 ? EIO : err;
-  return r;
 }
 
 static void *

@@ -36,7 +36,8 @@
  *
  * Checking, at open (seal_check):
  *   - no seal (a new directory, or one from before the seal): nothing to
- *     compare; the image is taken as it is.
+ *     compare; the image is taken as it is.  A damaged seal (no valid
+ *     slot): not checked (logged).
  *   - clean, a regular file: size, mtime and ctime must be the recorded
  *     ones.  Any write moves mtime and ctime; touch -d puts mtime back but
  *     not ctime.  So does chmod or chown (a false alarm: adopt=1).
@@ -105,9 +106,10 @@ extern int seal_check (struct seal *seal, int dirfd,
 extern int seal_running (struct seal *seal);
 
 /* Before an origin write: renew the lease if less than 3/5 of it is
- * left.  -1 (errno set, reported) if it cannot be renewed: the write
- * must not be made (it would look like an outside write after a crash). */
-extern int seal_lease (struct seal *seal);
+ * left.  If it cannot be renewed (logged once) the write goes on: a VM
+ * must not fail because the state directory is full; after a crash the
+ * next start may then refuse the image (a false alarm, never a lie). */
+extern void seal_lease (struct seal *seal);
 
 /* Start the thread that renews the lease every second (errors logged
  * once), in the process that serves (after nbdkit's fork).  -1

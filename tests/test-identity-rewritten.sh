@@ -13,7 +13,8 @@
 # same).  Then false alarms: RESTARTS (default 6) clean restarts and
 # RESTARTS kill -9 right after heavy writes (a writer running) are all
 # accepted, and the snapshot still reads its instant (the lease is 1 s
-# here: a server whose own writes fell outside it would be refused).  A block-device
+# here: a server whose own writes fell outside it would be refused).  A
+# damaged seal: not checked, and the log says so.  A block-device
 # origin (a loop device, root only): a write through the device while the
 # server is stopped is refused; an unchanged restart is accepted; after a
 # crash the device cannot be checked and the start says so.
@@ -192,6 +193,13 @@ stop_nbdkit
 echo "false alarms: $alarms in $(( 2 * restarts + 1 )) restarts" \
      "($restarts clean, $restarts kill -9 under writes)"
 [ "$alarms" -eq 0 ] || fail "$alarms unchanged images were refused"
+# A damaged seal (both slots): the start is not checked, and says so.
+head -c 1024 /dev/urandom | dd of="$d/state/seal" conv=notrunc status=none
+start_nbdkit "$d/disk.img" statedir="$d/state" admin="$tmpdir/admin.sock" ||
+  fail "a damaged seal: the start was refused"
+grep -q "not checked for writes made while no server had it open: the state directory's seal file is damaged" \
+  "$nbdkit_log" || fail "a damaged seal: no word that the image is unchecked"
+stop_nbdkit
 rm -rf "$d"
 
 # A block device: a loop device over a file.
