@@ -188,12 +188,17 @@ ask_version (const char *exe, char *line, size_t len)
 threads_version
 threads_running_version (void)
 {
+  static bool asked;
+  static threads_version v;
   char exe[PATH_MAX], line[256];
   const char *base;
   ssize_t n;
 
   if (nbdsnap_debug_nbdkit_version > 0)
     return nbdsnap_debug_nbdkit_version;
+  if (asked)
+    return v;
+  asked = true;
   n = readlink ("/proc/self/exe", exe, sizeof exe - 1);
   if (n <= 0) {
     nbdkit_debug ("threads: readlink /proc/self/exe: %m");
@@ -208,5 +213,6 @@ threads_running_version (void)
   }
   ask_version (exe, line, sizeof line);
   nbdkit_debug ("threads: %s --version: \"%s\"", exe, line);
-  return threads_parse_version (line);
+  v = threads_parse_version (line);
+  return v;
 }

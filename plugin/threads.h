@@ -43,7 +43,8 @@ extern int threads_decide (enum threads_choice choice, threads_version v);
 
 /* The version of the nbdkit running this process: from the debug flag
  * -D nbdsnap.nbdkit_version=N (tests), else by running the process's
- * own executable with --version when it is nbdkit; 0 if unknown. */
+ * own executable with --version when it is nbdkit (once; the answer is
+ * kept); 0 if unknown. */
 extern threads_version threads_running_version (void);
 
 /* After threads_decide: true when block-status replies carry one extent. */
