@@ -20,15 +20,16 @@
 #  5. delete s1, the middle snapshot (all its 256 MiB of copies move into
 #     s0), the same way.
 #
-# Each kill must find nbdsnapctl still running (exit 137), and for 4 and
-# 5 `list' right after the kill must still show the job with done <
-# total: the client died in the middle of it.  After each kill: nbdkit
-# runs (kill -0), list and stats answer within 5 s, the reader of s0
-# reads s0's instant, the server's log has no assertion or sanitizer
-# report, every snapshot reads its instant (sha of the origin when it
-# was made) and `--json list' shows exactly the snapshots the man page
-# says must be there, with no hold left.  Then a clean restart on the
-# same state directory and the same checks.
+# Each kill must find nbdsnapctl still running (exit 137, no final answer
+# printed), and for 4 and 5 `list' right after the kill must still show
+# the job with done < total: the client died in the middle of it.  After
+# each kill: nbdkit runs (not a zombie), list and stats answer within
+# 5 s, the reader of s0 reads s0's instant, the server's log has no
+# assertion or sanitizer report, every snapshot reads its instant (sha
+# of the origin when it was made) and `--json list' shows exactly the
+# snapshots the man page says must be there (info of a deleted one:
+# exit 5), with no hold left.  Then a clean restart on the same state
+# directory and the same checks.
 #
 # What happens to a job whose admin client died (nbdsnapctl(1)), as
 # observed here:
@@ -78,6 +79,16 @@ args=("$img" statedir="$bigdir/state" admin="$tmpdir/admin.sock"
       chunk-size=4K rate-file="$tmpdir/rate" burstiness=0.2)
 start_nbdkit "${args[@]}"
 
+# alive PID: running (kill -0 and not a zombie: nbdkit is our child,
+# reaped only by stop_nbdkit).
+alive ()
+{
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 # What the server's log must never hold: an assertion, an abort, a
 # sanitizer's report, glibc's heap checks.
 bad_log='Assertion|assertion|Aborted|AddressSanitizer|LeakSanitizer'
@@ -102,8 +113,7 @@ log_clean ()
 # jobs that write nothing in the server), its log is clean.
 server_up ()
 {
-  kill -0 "$(cat "$tmpdir/nbdkit.pid")" 2>/dev/null ||
-    fail "$1: nbdkit is gone"
+  alive "$(cat "$tmpdir/nbdkit.pid")" || fail "$1: nbdkit is gone"
   quick list > /dev/null || fail "$1: list did not answer (exit $?)"
   quick stats > /dev/null || fail "$1: stats did not answer (exit $?)"
   if [ "${2:-}" = head ]; then
@@ -189,7 +199,7 @@ PY
 
 # kill_mid OUT COND ARGS...: nbdsnapctl ARGS in the background (stdout in
 # OUT), SIGKILLed as soon as the command COND (OUT appended) succeeds; it
-# must still have been running.
+# must still have been running, without its final answer.
 kill_mid ()
 {
   local out=$1 cond=$2 pid status=0
@@ -204,10 +214,21 @@ kill_mid ()
   wait "$pid" || status=$?
   [ "$status" -eq 137 ] ||
     fail "$*: exit $status: it had ended before the kill"
+  ! grep -q '"ok":' "$out" ||
+    fail "$*: it had its final answer before the kill"
   echo "killed: nbdsnapctl $*"
 }
 
 size_at_least () { [ "$(stat -c %s "$2")" -ge "$1" ]; }
+
+# no_holds NAME...: no connection hold on any of them (asked each time).
+no_holds ()
+{
+  local n
+  for n; do
+    [ "$(holds "$n")" -eq 0 ] || return 1
+  done
+}
 
 ctl create s0
 start_client "$(snap_uri s0)"
@@ -221,7 +242,7 @@ rate 64M
 kill_mid "$tmpdir/backup.json" mid_copy --json backup s2 "$dest"
 rate 100G
 server_up "backup killed" head
-until_ok 10 test "$(holds s2)" -eq 0 ||
+until_ok 10 no_holds s2 ||
   fail "backup killed: its hold on s2 was not released"
 [ "$(sha "$dest")" != "$sha2" ] ||
   fail "backup killed: DEST was already complete"
@@ -235,7 +256,7 @@ rate 64M
 kill_mid "$stream" "size_at_least $(( 8 * M ))" send --from s1 s2
 rate 100G
 server_up "send killed" head
-until_ok 10 test "$(holds s1)" -eq 0 -a "$(holds s2)" -eq 0 ||
+until_ok 10 no_holds s1 s2 ||
   fail "send killed: its holds on s1 and s2 were not released"
 [ "$(stat -c %s "$stream")" -lt "$size" ] ||
   fail "send killed: the stream was already complete"
@@ -332,7 +353,7 @@ cat "$tmpdir/receive.out" "$tmpdir/receive.err"
 [ "$status" -eq 137 ] || fail "receive: exit $status: it had ended"
 echo "killed: nbdsnapctl receive"
 server_up "receive killed" head
-until_ok 10 test "$(holds s2)" -eq 0 ||
+until_ok 10 no_holds s2 ||
   fail "receive killed: its hold on s2 was not released"
 snaps_are "receive killed" "s0:live s1:live s2:live"
 stream_check "$uri" partial || fail "receive killed: the origin is wrong"
@@ -391,6 +412,9 @@ server_up "delete killed (its job still running)"
 until_ok 60 jobs_idle || fail "delete killed: the job never ended"
 server_up "delete killed"
 snaps_are "delete killed" "s0:live s2:live r1:live"
+status=0
+quick --json info s1 || status=$?
+[ "$status" -eq 5 ] || fail "delete killed: info s1: exit $status, not 5"
 reads_as "delete killed" s0 "$sha0" s2 "$sha2" r1 "$sha_r1" "" "$sha0"
 
 # A clean restart: the same.

@@ -14,29 +14,32 @@
 #     checked to have replies waiting unread in its socket, and the
 #     server to have stopped serving the admin stallers (fewer than
 #     4000 requests served in all).  While all five stall, each within
-#     its timeout (10 s for an NBD read of a whole export, 5 s for an
+#     its timeout (15 s for an NBD read of a whole export, 5 s for an
 #     admin command): new NBD clients read the origin, S and F, every
 #     byte right; create T, list, stats, hello, info, clients, holds
-#     answer, and 40 list/stats on one admin connection in under 3 s; a
+#     answer, and 40 list/stats on one admin connection in under 5 s; a
 #     write to the origin lands and T keeps its instant; "delete --force
-#     F" (F' stalled on F) answers and F is gone.  Then F' reads its
-#     replies: each one F's bytes or an error (ESHUTDOWN: revoked), never
-#     other bytes; S' reads all 64, S's bytes; one admin staller reads
-#     its 4000 answers, all ok, in order; O and the other admin staller
-#     are killed (SIGKILL) with replies still owed to them.
+#     F" (F' stalled on F) answers and F is gone; "rollback --force T" (O
+#     stalled on the origin) answers and the origin reads as T.  Then F'
+#     reads its replies: each one F's bytes or an error (ESHUTDOWN:
+#     revoked), never other bytes; S' reads all 64, S's bytes; one admin
+#     staller reads its 4000 answers, all ok, in order; O and the other
+#     admin staller are killed (SIGKILL) with replies still owed to them.
 # (c) SIGPIPE: NBD clients that close their socket while a 32 MiB read
 #     reply is being written (after 0, 16 + 4096 bytes, 1 MiB of it), on
 #     the origin and on S; admin clients that close while "changes S"
 #     or 2000 answers are being written; nbdsnapctl changes piped into
 #     `head -c 100'.
-# After each step nbdkit runs (kill -0), answers list and stats within
-# 5 s and its log has no assertion or sanitizer report; the exports are
-# read after each part; at the end one admin connection (ours) and no
-# NBD client are left, and nbdkit stops cleanly (exit 0).
+# After each step nbdkit runs (not a zombie), answers list and stats
+# within 5 s and its log has no assertion or sanitizer report; the
+# exports are read after each part; at the end one admin connection
+# (ours) and no NBD client are left, and nbdkit stops cleanly (exit 0).
 #
 # On nbdkit 1.32.4 to 1.33.9 the plugin's default thread model is
-# serialize_requests (test-config-parallel.sh); PARAMS adds plugin
-# parameters, e.g. PARAMS=parallel=on.
+# serialize_requests (test-config-parallel.sh).  PARAMS adds plugin
+# parameters: with PARAMS=parallel=on, Debian 12's nbdkit 1.32.5 aborts
+# when O is killed ("raw_send_socket: Assertion `sock >= 0' failed") and
+# this test fails.
 source "${abs_top_builddir:?}/tests/functions.sh"
 requires "$PYTHON" -c 'import nbd'
 
@@ -55,6 +58,16 @@ cp "$img" "$bigdir/at-S.img"
 start_nbdkit "$img" statedir="$bigdir/state" admin="$admin_sock" \
   chunk-size=4K ${PARAMS:-}
 
+# alive PID: running (kill -0 and not a zombie: nbdkit is our child,
+# reaped only by stop_nbdkit).
+alive ()
+{
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 # What the server's log must never hold: an assertion, an abort, a
 # sanitizer's report, glibc's heap checks.
 bad_log='Assertion|assertion|Aborted|AddressSanitizer|LeakSanitizer'
@@ -67,13 +80,14 @@ quick ()
 }
 
 # reads_as WHEN NAME FILE: the export NAME ("" the origin) reads FILE's
-# bytes, all of them within 10 s.
+# bytes, all of them within 15 s (0.5 s when all is well; a client
+# blocked behind a staller waits until the staller goes, for ever).
 reads_as ()
 {
   local got t0=$EPOCHREALTIME
-  got=$(timeout 10 "$PYTHON" "$abs_top_srcdir/tests/bigimg.py" sha \
+  got=$(timeout 15 "$PYTHON" "$abs_top_srcdir/tests/bigimg.py" sha \
           "$(snap_uri "$2")") ||
-    fail "$1: reading ${2:-the origin} failed or took over 10 s"
+    fail "$1: reading ${2:-the origin} failed or took over 15 s"
   [ "$got" = "$(sha "$3")" ] ||
     fail "$1: ${2:-the origin} does not read as $(basename "$3")"
   printf '%s: %s read in %.2f s\n' "$1" "${2:-the origin}" \
@@ -83,8 +97,7 @@ reads_as ()
 # server_up WHEN: nbdkit runs, answers at once, its log is clean.
 server_up ()
 {
-  kill -0 "$(cat "$tmpdir/nbdkit.pid")" 2>/dev/null ||
-    fail "$1: nbdkit is gone"
+  alive "$(cat "$tmpdir/nbdkit.pid")" || fail "$1: nbdkit is gone"
   quick list > /dev/null || fail "$1: list did not answer (exit $?)"
   quick stats > /dev/null || fail "$1: stats did not answer (exit $?)"
   if grep -E -n "$bad_log" "$nbdkit_log"; then
@@ -194,14 +207,19 @@ t=$(bc <<< "$EPOCHREALTIME - $t0")
 echo "stalled: 40 admin requests in $t s"
 [ "$(grep -c '"ok":true' "$tmpdir/shell.out")" -eq 40 ] ||
   fail "stalled: shell: not 40 answers: $(head -c 500 "$tmpdir/shell.out")"
-(( $(bc <<< "$t < 3") )) || fail "stalled: 40 admin requests took $t s"
-timeout 10 "$PYTHON" "$abs_top_srcdir/tests/bigimg.py" ops "$uri" "$model" \
+(( $(bc <<< "$t < 5") )) || fail "stalled: 40 admin requests took $t s"
+timeout 15 "$PYTHON" "$abs_top_srcdir/tests/bigimg.py" ops "$uri" "$model" \
   "w:$(( 3 * M + 5 )):$M:7" || fail "stalled: a write to the origin failed"
 reads_as "stalled, written" "" "$model"
 reads_as "stalled, written" T "$bigdir/at-T.img"
 quick delete --force F || fail "stalled: delete --force F: exit $?"
 [ "$(snap_state F)" = gone ] || fail "stalled: F is still listed"
 server_up "F deleted"
+# O stalls on the origin: rollback --force revokes it and goes on.
+quick rollback --force T || fail "stalled: rollback --force T: exit $?"
+cp "$bigdir/at-T.img" "$model"
+reads_as "rolled back" "" "$model"
+server_up "rolled back"
 
 drain Fr
 grep -E -q \
