@@ -71,6 +71,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
@@ -227,6 +228,20 @@ atfork_child (void)
  * src/seal.h). */
 NBDKIT_DLL_PUBLIC int nbdsnap_debug_seal_lease_ms;
 
+/* -D nbdsnap.job_delay_ms=N: deletes and rollbacks sleep N ms after each
+ * 64 chunks (the engine's move hook), so that tests can watch or kill
+ * them in the middle however fast the machine is. */
+NBDKIT_DLL_PUBLIC int nbdsnap_debug_job_delay_ms;
+
+static void
+job_delay (void *unused)
+{
+  struct timespec t = { nbdsnap_debug_job_delay_ms / 1000,
+                        (nbdsnap_debug_job_delay_ms % 1000) * 1000000L };
+
+  nanosleep (&t, NULL);
+}
+
 /* Open the engine and bind the admin socket: errors reach the user. */
 static int
 nbdsnap_get_ready (void)
@@ -272,6 +287,8 @@ nbdsnap_get_ready (void)
   engine = nbdsnap_engine_open (&ec);
   if (engine == NULL)
     return -1;
+  if (nbdsnap_debug_job_delay_ms > 0)
+    nbdsnap_engine_test_move_hook (engine, 64, job_delay, NULL);
   catalog = catalog_new (engine, origin.readonly);
   if (catalog == NULL)
     goto err;

@@ -1016,6 +1016,8 @@ cow_rollback (struct nbdsnap_engine *e, struct nbdsnap_snap *s,
         if (p != NULL)
           __atomic_store_n (&p->done, done, __ATOMIC_RELAXED);
       }
+      if (bits == 0 && r == 0 && e->move_hook)
+        e->move_hook (e->move_hook_opaque); /* the word is done */
     }
   }
   free (buf);

@@ -75,7 +75,9 @@ sha0_head=$(head -c $(( 64 * M )) "$img" | sha256sum | cut -d' ' -f1)
 head -c "$size" /dev/urandom > "$model"
 sha2=$(sha "$model")
 echo 100G > "$tmpdir/rate"
-nbdkit_opts=(--filter=rate)
+# Deletes and rollbacks are slowed (2 ms per 64 chunks: about 2 s for
+# 256 MiB) so that the kill lands in the middle however fast the machine.
+nbdkit_opts=(--filter=rate -D nbdsnap.job_delay_ms=2)
 args=("$img" statedir="$bigdir/state" admin="$tmpdir/admin.sock"
       chunk-size=4K rate-file="$tmpdir/rate" burstiness=0.2)
 start_nbdkit "${args[@]}"

@@ -341,8 +341,10 @@ extern void nbdsnap_engine_counters (struct nbdsnap_engine *e,
                                      struct nbdsnap_engine_counters *out);
 
 /* Test hook: a delete's move runs fn (opaque) after each batch of batch
- * chunks (0: the default batch), with no lock held, on the deleting
- * thread; fn NULL: off.  The model test runs other operations there. */
+ * chunks (0: the default batch), and a rollback after each word of 64
+ * chunks it wrote back, with no lock held, on the job's thread; fn NULL:
+ * off.  The model test runs other operations there; -D
+ * nbdsnap.job_delay_ms slows jobs down with it (tests). */
 extern void nbdsnap_engine_test_move_hook (struct nbdsnap_engine *e,
                                            unsigned batch,
                                            void (*fn) (void *),
