@@ -175,8 +175,10 @@ struct nbdsnap_snap_info {
  * half-done creates and deletes; damaged snapshots are kept, invalid,
  * with a message saying what is wrong).  Errors: "state directory in use"
  * or "image in use" (EBUSY), a header mismatch saying what differs
- * (EINVAL), more snapshots than the open file limit allows (EMFILE), I/O
- * errors.
+ * (EINVAL), an image changed while no server had it open and snapshots
+ * that would read it (EINVAL, src/seal.h; unless adopt or
+ * invalidate_changed), more snapshots than the open file limit allows
+ * (EMFILE), I/O errors.
  */
 extern struct nbdsnap_engine *
 nbdsnap_engine_open (const struct nbdsnap_engine_config *cfg);
