@@ -8,6 +8,10 @@
 # info A right after shows the rollback running, then the origin reads as
 # A, and A and B as their instants.
 source "${abs_top_builddir:?}/tests/functions.sh"
+# The job is slowed (20 ms per 64 chunks: seconds in all) so that it is
+# seen in the middle however fast the machine is: unslowed, a quiet
+# machine moves it all before the first look.
+nbdkit_opts=(-D nbdsnap.job_delay_ms=20)
 requires "$PYTHON" -c 'import nbd'
 
 big_dir
