@@ -98,6 +98,7 @@ for h in clients:
     h.shutdown()
 del clients
 print("closed", flush=True)
+sys.stdin.read()                # until the test closes our stdin
 PY
 
 cpu_ticks ()
@@ -141,6 +142,8 @@ n=$(grep -c 'admin: accept: ' "$nbdkit_log" || :)
 echo close >&"${HOLDER[1]}"
 read -r -t 60 reply <&"${HOLDER[0]}" || fail "the holder did not finish"
 [ "$reply" = closed ] || fail "the holder: $reply"
+holder_in=${HOLDER[1]}
+exec {holder_in}>&-
 wait "$holder_pid" || fail "the holder failed"
 
 until_ok 10 ctl list >/dev/null || fail "ctl list fails after the burst"

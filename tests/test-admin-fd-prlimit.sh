@@ -28,7 +28,9 @@ echo "nbdkit has $inuse descriptors open; soft limit lowered to $limit"
 
 # holder.py ADMINSOCK N: open N admin connections, say how many were
 # served (answered hello) and refused (an error line, then EOF), hold the
-# served ones until a line comes on stdin.
+# served ones until a line comes on stdin, then close them, say "closed"
+# and wait for the end of stdin (so that the coprocess, and its
+# descriptors in ${HOLDER[@]}, outlive the answer).
 cat > "$tmpdir/holder.py" <<'PY'
 import socket, sys, time
 adminsock, n = sys.argv[1], int(sys.argv[2])
@@ -57,6 +59,7 @@ sys.stdin.readline()
 for s in conns:
     s.close()
 print("closed", flush=True)
+sys.stdin.read()
 PY
 coproc HOLDER { exec "$PYTHON" "$tmpdir/holder.py" "$tmpdir/admin.sock" 200; }
 holder_pid=$HOLDER_PID
@@ -93,6 +96,8 @@ log_after=$(stat -c %s "$nbdkit_log")
 echo close >&"${HOLDER[1]}"
 read -r -t 60 reply <&"${HOLDER[0]}" || fail "the holder did not finish"
 [ "$reply" = closed ] || fail "the holder: $reply"
+holder_in=${HOLDER[1]}
+exec {holder_in}>&-
 wait "$holder_pid" || fail "the holder failed"
 
 until_ok 10 ctl list >/dev/null || fail "ctl list fails after the burst"
