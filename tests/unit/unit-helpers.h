@@ -33,6 +33,7 @@
 
 #include <check.h>
 
+#include "nbdsnap/checksum.h"
 #include "nbdsnap/engine.h"
 #include "nbdsnap/err.h"
 
@@ -157,13 +158,7 @@ struct disk_bitmap_header {
 static inline uint64_t
 helpers_fnv1a (const void *v, size_t n)
 {
-  const unsigned char *p = v;
-  uint64_t x = UINT64_C (0xcbf29ce484222325);
-  size_t i;
-
-  for (i = 0; i < n; ++i)
-    x = (x ^ p[i]) * UINT64_C (0x100000001b3);
-  return x;
+  return checksum_fnv1a64 (v, n);
 }
 
 /* tmpdir/name into buf. */
